@@ -1,0 +1,57 @@
+"""topa-plugin: TOPA (Text-Only Pre-Alignment) for lmms-eval and LLaVA.
+
+The public API is imported lazily so that ``import topa_plugin`` (which lmms-eval does for
+every run through the entry point) costs nothing until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "TopaConfig": "topa_plugin.configuration",
+    "TopaForCausalLM": "topa_plugin.modeling",
+    "TopaProcessor": "topa_plugin.prompts",
+    "TopaPrompt": "topa_plugin.prompts",
+    "sample_frames": "topa_plugin.bridge",
+    "project_to_memory": "topa_plugin.bridge",
+    "load_memory": "topa_plugin.bridge",
+    "save_memory": "topa_plugin.bridge",
+    "load_clip": "topa_plugin.clip",
+    "read_frames": "topa_plugin.video",
+    "FeatureStore": "topa_plugin.features",
+    "load_release_pickle": "topa_plugin.safeload",
+    "convert_official": "topa_plugin.convert",
+    "TextVidRecord": "topa_plugin.textvid.records",
+    "read_textvid": "topa_plugin.textvid.records",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'topa_plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
+    from topa_plugin.bridge import load_memory, project_to_memory, sample_frames, save_memory
+    from topa_plugin.clip import load_clip
+    from topa_plugin.configuration import TopaConfig
+    from topa_plugin.convert import convert_official
+    from topa_plugin.features import FeatureStore
+    from topa_plugin.modeling import TopaForCausalLM
+    from topa_plugin.prompts import TopaProcessor, TopaPrompt
+    from topa_plugin.safeload import load_release_pickle
+    from topa_plugin.textvid.records import TextVidRecord, read_textvid
+    from topa_plugin.video import read_frames

@@ -1,0 +1,134 @@
+"""Restricted loading of the TOPA release's pickle files.
+
+The release ships `checkpoint_N.pth` (torch.save zip), Meta's `consolidated.*.pth`
+and `memory.pkl` (a plain `pickle.dump` of a tensor). Plain unpickling runs
+arbitrary code, so every file goes through an allow-list: tensors, storages,
+numpy arrays, builtin containers, OrderedDict and argparse.Namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["UnsafePickleError", "load_release_pickle"]
+
+# First bytes of torch.save's legacy (pre-zip) format: a protocol-2 pickle of its magic number.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A release file asked for a global outside the allow-list; nothing was executed."""
+
+
+def load_release_pickle(path: str | Path, *, mmap: bool = False):
+    """Load a torch.save file or a plain pickle without executing foreign code.
+
+    `mmap=True` maps zip-format torch files instead of reading them (large weight shards).
+    Raises UnsafePickleError naming the file and the refused global.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip or head == _LEGACY_TORCH_MAGIC:
+        return _torch_load(path, mmap=mmap and is_zip)
+    with open(path, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f).load()
+        except UnsafePickleError as err:
+            raise UnsafePickleError(f"{path}: {err}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError) as err:
+            raise pickle.UnpicklingError(f"{path}: not a readable pickle ({err})") from err
+
+
+def _torch_load(source, *, mmap: bool = False):
+    """torch.load with weights_only=True, argparse.Namespace allowed, refusals re-raised as ours."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            if found is None:
+                raise pickle.UnpicklingError(f"{source}: not a readable torch file ({err})") from err
+            raise UnsafePickleError(
+                f"{source}: refusing to unpickle global {found.group(1)} "
+                "(only tensors, storages, numpy arrays, containers and argparse.Namespace are allowed)"
+            ) from None
+
+
+def _storage_from_bytes(data: bytes):
+    """Replacement for torch.storage._load_from_bytes, which would torch.load(weights_only=False)."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError(f"storage payload must be bytes, got {type(data).__name__}")
+    return _torch_load(io.BytesIO(data))
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    import numpy as np
+
+    allowed = {
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): torch._utils._rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("argparse", "Namespace"): argparse.Namespace,
+        # protocol-2 pickles spell bytes objects as _codecs.encode(str, "latin1")
+        ("_codecs", "encode"): _latin1_encode,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    # numpy >= 2 pickles under numpy._core, older numpy under numpy.core
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = np.ndarray.__new__.__self__ and _np_reconstruct()
+        allowed[(module, "scalar")] = _np_scalar()
+    return allowed
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    if encoding != "latin1":
+        raise UnsafePickleError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _np_reconstruct():
+    from numpy._core import multiarray
+
+    return multiarray._reconstruct
+
+
+def _np_scalar():
+    from numpy._core import multiarray
+
+    return multiarray.scalar
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only allow-listed globals (plus torch dtypes); everything else is refused."""
+
+    _allowed: dict[tuple[str, str], object] | None = None
+
+    def find_class(self, module: str, name: str):
+        if _RestrictedUnpickler._allowed is None:
+            _RestrictedUnpickler._allowed = _allowed_globals()
+        found = _RestrictedUnpickler._allowed.get((module, name))
+        if found is not None:
+            return found
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise UnsafePickleError(
+            f"refusing to unpickle global {module}.{name} "
+            "(only tensors, storages, numpy arrays, containers and argparse.Namespace are allowed)"
+        )
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"refusing persistent id {pid!r} in a plain pickle")

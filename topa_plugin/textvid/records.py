@@ -1,0 +1,442 @@
+"""TextVid records ("Tideos") in the release schema, checked at every boundary.
+
+The release's loaders caught every exception and trained on a random substitute,
+so corrupt data went unnoticed. Here reading and writing validate the whole file
+first and report every problem with file, record index, id and field.
+
+Release schema (``textvid.json``, a JSON list; the plugin also reads and writes
+JSON Lines, one record per line)::
+
+    {"idx": str, "frames": [{caption_name: caption, ...}, ...],
+     "global_video_caption": str,
+     "QAs": [{"question": str, "options": [5 str], "answer": "A".."E",
+              "answer_open_ended": str (optional)}, ...]}
+
+Keys outside the schema are kept in ``extra`` so a round trip loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+LETTERS = "ABCDE"
+NUM_OPTIONS = len(LETTERS)
+RECORD_KEYS = ("idx", "frames", "global_video_caption", "QAs")
+QA_KEYS = ("question", "options", "answer")
+OPEN_ANSWER_KEY = "answer_open_ended"
+# Problems shown in an exception message; the CLI's validate prints all of them.
+_MAX_PROBLEMS_IN_MESSAGE = 50
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect, located precisely enough to fix it without searching."""
+
+    source: str
+    index: int | None
+    id: str | None
+    field: str | None
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.index is not None:
+            where.append(f"record {self.index}" + (f" (id {self.id!r})" if self.id is not None else ""))
+        elif self.id is not None:
+            where.append(f"record id {self.id!r}")
+        parts = [self.source, ", ".join(where), self.field or "", self.message]
+        return ": ".join(part for part in parts if part)
+
+
+class TextVidError(ValueError):
+    """Raised when records cannot be read or written; ``problems`` holds every defect."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        shown = [str(p) for p in self.problems[:_MAX_PROBLEMS_IN_MESSAGE]]
+        hidden = len(self.problems) - len(shown)
+        if hidden:
+            shown.append(f"... and {hidden} more (`topa textvid validate FILE` lists all)")
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"{len(self.problems)} TextVid {noun}:\n" + "\n".join(shown))
+
+
+@dataclass
+class QA:
+    """A multiple-choice question with five options and an optional open answer."""
+
+    question: str
+    options: list[str]
+    answer: str
+    answer_open_ended: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answer_index(self) -> int:
+        return LETTERS.index(self.answer)
+
+    @property
+    def answer_text(self) -> str:
+        return self.options[self.answer_index]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"question": self.question, "options": list(self.options), "answer": self.answer}
+        if self.answer_open_ended is not None:
+            d[OPEN_ANSWER_KEY] = self.answer_open_ended
+        d.update(self.extra)
+        return d
+
+
+@dataclass
+class TextVidRecord:
+    """One Tideo. ``frames`` keep their key order: feature rows follow it."""
+
+    idx: str
+    frames: list[dict[str, str]]
+    global_video_caption: str
+    qas: list[QA]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def captions_per_frame(self) -> list[list[str]]:
+        return [list(frame.values()) for frame in self.frames]
+
+    @classmethod
+    def from_dict(cls, d: Any, *, source: str = "<dict>", index: int | None = None) -> "TextVidRecord":
+        """Build from a release-schema dict; raises TextVidError naming every problem."""
+        problems = _record_problems(d, source, index, None)
+        if problems:
+            raise TextVidError(problems)
+        return _build(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "idx": self.idx,
+            "frames": [dict(frame) for frame in self.frames],
+            "global_video_caption": self.global_video_caption,
+            "QAs": [qa.to_dict() for qa in self.qas],
+        }
+        d.update(self.extra)
+        return d
+
+
+def _build(d: dict[str, Any]) -> TextVidRecord:
+    """Construct from an already validated dict."""
+    qas = [
+        QA(
+            question=q["question"],
+            options=list(q["options"]),
+            answer=q["answer"],
+            answer_open_ended=q.get(OPEN_ANSWER_KEY),
+            extra={k: v for k, v in q.items() if k not in QA_KEYS and k != OPEN_ANSWER_KEY},
+        )
+        for q in d["QAs"]
+    ]
+    return TextVidRecord(
+        idx=_record_id(d),
+        frames=[dict(frame) for frame in d["frames"]],
+        global_video_caption=d["global_video_caption"],
+        qas=qas,
+        extra={k: v for k, v in d.items() if k not in RECORD_KEYS},
+    )
+
+
+# ---------------------------------------------------------------- validation
+
+def _kind(value: Any) -> str:
+    """JSON name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _record_id(d: Any) -> str | None:
+    """The record's id as a string, or None when it has no usable id.
+
+    Integer ids are accepted and read as their decimal string: the release names
+    feature files ``features/{idx}.pkl``, which is the same either way.
+    """
+    if not isinstance(d, dict):
+        return None
+    idx = d.get("idx")
+    if isinstance(idx, str) and idx.strip():
+        return idx
+    if isinstance(idx, int) and not isinstance(idx, bool):
+        return str(idx)
+    return None
+
+
+def _key_path(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if key.isidentifier() else f"{prefix}[{key!r}]"
+
+
+def _check_text(value: Any, path: str, bad) -> None:
+    if not isinstance(value, str):
+        bad(path, f"expected a string, got {_kind(value)}")
+    elif not value.strip():
+        bad(path, "empty text")
+
+
+def _check_frames(frames: Any, bad) -> None:
+    if not isinstance(frames, list):
+        bad("frames", f"expected a list of frames, got {_kind(frames)}")
+        return
+    if not frames:
+        bad("frames", "no frames (empty list)")
+    for i, frame in enumerate(frames):
+        path = f"frames[{i}]"
+        if not isinstance(frame, dict):
+            bad(path, f"expected an object of captions, got {_kind(frame)}")
+        elif not frame:
+            bad(path, "frame has no captions (empty object)")
+        else:
+            for key, caption in frame.items():
+                _check_text(caption, _key_path(path, key), bad)
+
+
+def _check_qa(qa: Any, path: str, bad) -> None:
+    if not isinstance(qa, dict):
+        bad(path, f"expected an object, got {_kind(qa)}")
+        return
+    for key in QA_KEYS:
+        if key not in qa:
+            bad(f"{path}.{key}", "missing key")
+    if "question" in qa:
+        _check_text(qa["question"], f"{path}.question", bad)
+    options = qa.get("options")
+    n_options = None
+    if "options" in qa:
+        if not isinstance(options, list):
+            bad(f"{path}.options", f"expected a list of {NUM_OPTIONS} options, got {_kind(options)}")
+        else:
+            n_options = len(options)
+            if n_options != NUM_OPTIONS:
+                bad(f"{path}.options", f"expected {NUM_OPTIONS} options, got {n_options}")
+            for j, option in enumerate(options):
+                _check_text(option, f"{path}.options[{j}]", bad)
+            texts = [o.strip() for o in options if isinstance(o, str) and o.strip()]
+            if len(set(texts)) != len(texts):
+                bad(f"{path}.options", "duplicate options")
+    if "answer" in qa:
+        answer = qa["answer"]
+        if not isinstance(answer, str) or answer not in LETTERS or len(answer) != 1:
+            bad(f"{path}.answer", f"expected one of {', '.join(LETTERS)}, got {answer!r}")
+        elif n_options is not None and LETTERS.index(answer) >= n_options:
+            bad(f"{path}.answer", f"answer {answer!r} is out of range for {n_options} options")
+    if OPEN_ANSWER_KEY in qa:
+        _check_text(qa[OPEN_ANSWER_KEY], f"{path}.{OPEN_ANSWER_KEY}", bad)
+
+
+def _record_problems(d: Any, source: str, index: int | None, line: int | None) -> list[Problem]:
+    rid = _record_id(d)
+    problems: list[Problem] = []
+
+    def bad(path: str | None, message: str) -> None:
+        problems.append(Problem(source, index, rid, path, message, line))
+
+    if not isinstance(d, dict):
+        bad(None, f"expected a JSON object, got {_kind(d)}")
+        return problems
+    for key in RECORD_KEYS:
+        if key not in d:
+            bad(key, "missing key")
+    if "idx" in d and rid is None:
+        bad("idx", f"expected a non-empty string id, got {_kind(d['idx'])} {d['idx']!r}")
+    if "frames" in d:
+        _check_frames(d["frames"], bad)
+    if "global_video_caption" in d:
+        _check_text(d["global_video_caption"], "global_video_caption", bad)
+    if "QAs" in d:
+        qas = d["QAs"]
+        if not isinstance(qas, list):
+            bad("QAs", f"expected a list of QAs, got {_kind(qas)}")
+        else:
+            if not qas:
+                bad("QAs", "no QAs (empty list)")
+            for i, qa in enumerate(qas):
+                _check_qa(qa, f"QAs[{i}]", bad)
+    return problems
+
+
+def _validate(items: Iterable[tuple[int, int | None, Any]], source: str) -> list[Problem]:
+    """Check (index, line, dict) triples, including ids repeated across records."""
+    problems: list[Problem] = []
+    first_use: dict[str, int] = {}
+    for index, line, d in items:
+        problems += _record_problems(d, source, index, line)
+        rid = _record_id(d)
+        if rid is None:
+            continue
+        if rid in first_use:
+            problems.append(Problem(source, index, rid, "idx",
+                                    f"duplicate id, first used by record {first_use[rid]}", line))
+        else:
+            first_use[rid] = index
+    return problems
+
+
+def validate_records(dicts: Iterable[Any], source: str) -> list[Problem]:
+    """Every problem in a sequence of release-schema dicts (record index = position)."""
+    return _validate(((i, None, d) for i, d in enumerate(dicts)), source)
+
+
+# ---------------------------------------------------------------- reading
+
+def _parse_json_list(path: Path, source: str) -> tuple[list[tuple[int, int | None, Any]], list[Problem]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        return [], [Problem(source, None, None, None, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno)]
+    except UnicodeDecodeError as e:
+        return [], [Problem(source, None, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}")]
+    if not isinstance(data, list):
+        return [], [Problem(source, None, None, None, f"expected a JSON list of records, got {_kind(data)}")]
+    return [(i, None, d) for i, d in enumerate(data)], []
+
+
+def _parse_jsonl(path: Path, source: str) -> tuple[list[tuple[int, int | None, Any]], list[Problem]]:
+    """Each non-blank line is one record; a line that does not parse is reported and
+    still counts as a record so later indices match the line order."""
+    items: list[tuple[int, int | None, Any]] = []
+    problems: list[Problem] = []
+    index = 0
+    with open(path, "rb") as f:
+        raw_lines = f.read().split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the newline that ends the last record
+    for line_no, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            problems.append(Problem(source, None, None, None, "blank line (JSON Lines needs one record per line)", line_no))
+            continue
+        try:
+            items.append((index, line_no, json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as e:
+            problems.append(Problem(source, index, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}", line_no))
+        except json.JSONDecodeError as e:
+            problems.append(Problem(source, index, None, None, f"invalid JSON: {e.msg} (column {e.colno})", line_no))
+        index += 1
+    return items, problems
+
+
+def load_dicts(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """Parse and validate a file; returns (record dicts, every problem found)."""
+    path = Path(path)
+    source = str(path)
+    if path.suffix == ".jsonl":
+        items, problems = _parse_jsonl(path, source)
+    elif path.suffix == ".json":
+        items, problems = _parse_json_list(path, source)
+    else:
+        raise TextVidError([Problem(source, None, None, None,
+                                    "unsupported file type: expected .json (release list) or .jsonl (JSON Lines)")])
+    problems += _validate(items, source)
+    problems.sort(key=lambda p: (p.line or 0, -1 if p.index is None else p.index))
+    return [d for _, _, d in items], problems
+
+
+def read_textvid(path: str | os.PathLike) -> list[TextVidRecord]:
+    """Read a release ``.json`` list or a ``.jsonl`` file; raises TextVidError listing every problem."""
+    dicts, problems = load_dicts(path)
+    if problems:
+        raise TextVidError(problems)
+    return [_build(d) for d in dicts]
+
+
+# ---------------------------------------------------------------- writing
+
+def _json_line(record: TextVidRecord) -> str:
+    return json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: str | os.PathLike, records: Sequence[TextVidRecord]) -> Path:
+    """Validate, then write JSON Lines atomically (temp file in the same folder + rename)."""
+    path = Path(path)
+    problems = validate_records((r.to_dict() for r in records), str(path))
+    if problems:
+        raise TextVidError(problems)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(_json_line(r) for r in records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, record: TextVidRecord) -> None:
+    """Append one validated record as one line and fsync it, so a crash loses at most
+    the line being written. Refuses to append after a partial (crash-truncated) line."""
+    path = Path(path)
+    problems = _record_problems(record.to_dict(), str(path), None, None)
+    if problems:
+        raise TextVidError(problems)
+    with open(path, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    raise TextVidError([Problem(str(path), None, None, None,
+                                                "file ends with a partial line; remove it before appending")])
+        f.write(_json_line(record).encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- statistics
+
+def _distribution(values: Sequence[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": min(values), "mean": statistics.fmean(values),
+            "median": statistics.median(values), "max": max(values)}
+
+
+def _captions(records: Sequence[TextVidRecord]) -> Iterator[str]:
+    for record in records:
+        for captions in record.captions_per_frame:
+            yield from captions
+
+
+def compute_stats(records: Sequence[TextVidRecord]) -> dict[str, Any]:
+    """Counts and length distributions (min/mean/median/max) for a set of Tideos."""
+    frames_per_record = [len(r.frames) for r in records]
+    captions_per_frame = [len(frame) for r in records for frame in r.frames]
+    qas_per_record = [len(r.qas) for r in records]
+    return {
+        "records": len(records),
+        "frames": sum(frames_per_record),
+        "captions": sum(captions_per_frame),
+        "qas": sum(qas_per_record),
+        "qas_with_open_answer": sum(qa.answer_open_ended is not None for r in records for qa in r.qas),
+        "distributions": {
+            "frames_per_record": _distribution(frames_per_record),
+            "captions_per_frame": _distribution(captions_per_frame),
+            "words_per_caption": _distribution([len(c.split()) for c in _captions(records)]),
+            "words_per_global_caption": _distribution([len(r.global_video_caption.split()) for r in records]),
+            "qas_per_record": _distribution(qas_per_record),
+        },
+    }
