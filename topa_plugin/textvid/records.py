@@ -21,9 +21,10 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 LETTERS = "ABCDE"
 NUM_OPTIONS = len(LETTERS)
@@ -111,7 +112,7 @@ class TextVidRecord:
         return [list(frame.values()) for frame in self.frames]
 
     @classmethod
-    def from_dict(cls, d: Any, *, source: str = "<dict>", index: int | None = None) -> "TextVidRecord":
+    def from_dict(cls, d: Any, *, source: str = "<dict>", index: int | None = None) -> TextVidRecord:
         """Build from a release-schema dict; raises TextVidError naming every problem."""
         problems = _record_problems(d, source, index, None)
         if problems:
@@ -260,7 +261,7 @@ def _record_problems(d: Any, source: str, index: int | None, line: int | None) -
         if key not in d:
             bad(key, "missing key")
     if "idx" in d and rid is None:
-        bad("idx", f"expected a non-empty string id, got {_kind(d['idx'])} {d['idx']!r}")
+        _check_text(d["idx"], "idx", bad)
     if "frames" in d:
         _check_frames(d["frames"], bad)
     if "global_video_caption" in d:
@@ -338,7 +339,7 @@ def _parse_jsonl(path: Path, source: str) -> tuple[list[tuple[int, int | None, A
     return items, problems
 
 
-def load_dicts(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Problem]]:
+def _load_dicts(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Problem]]:
     """Parse and validate a file; returns (record dicts, every problem found)."""
     path = Path(path)
     source = str(path)
@@ -356,7 +357,7 @@ def load_dicts(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Prob
 
 def read_textvid(path: str | os.PathLike) -> list[TextVidRecord]:
     """Read a release ``.json`` list or a ``.jsonl`` file; raises TextVidError listing every problem."""
-    dicts, problems = load_dicts(path)
+    dicts, problems = _load_dicts(path)
     if problems:
         raise TextVidError(problems)
     return [_build(d) for d in dicts]
@@ -380,6 +381,7 @@ def write_jsonl(path: str | os.PathLike, records: Sequence[TextVidRecord]) -> Pa
             f.writelines(_json_line(r) for r in records)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
