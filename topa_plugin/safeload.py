@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import io
 import pickle
 import re
@@ -39,41 +40,49 @@ def load_release_pickle(path: str | Path, *, mmap: bool = False):
         head = f.read(len(_LEGACY_TORCH_MAGIC))
     is_zip = zipfile.is_zipfile(path)
     if is_zip or head == _LEGACY_TORCH_MAGIC:
-        return _torch_load(path, mmap=mmap and is_zip)
+        return _torch_load(path, str(path), mmap=mmap and is_zip)
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f).load()
+            return _RestrictedUnpickler(f).load()  # safe: find_class allow-list below
         except UnsafePickleError as err:
             raise UnsafePickleError(f"{path}: {err}") from None
         except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError) as err:
             raise pickle.UnpicklingError(f"{path}: not a readable pickle ({err})") from err
 
 
-def _torch_load(source, *, mmap: bool = False):
+def _torch_load(source, label: str, *, mmap: bool = False):
     """torch.load with weights_only=True, argparse.Namespace allowed, refusals re-raised as ours."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)  # safe: allow-listed
         except pickle.UnpicklingError as err:
             found = re.search(r"GLOBAL ([\w.]+)", str(err))
             if found is None:
-                raise pickle.UnpicklingError(f"{source}: not a readable torch file ({err})") from err
-            raise UnsafePickleError(
-                f"{source}: refusing to unpickle global {found.group(1)} "
-                "(only tensors, storages, numpy arrays, containers and argparse.Namespace are allowed)"
-            ) from None
+                raise pickle.UnpicklingError(f"{label}: not a readable torch file ({err})") from err
+            raise UnsafePickleError(f"{label}: {_refusal(found.group(1))}") from None
+        except (RuntimeError, EOFError) as err:
+            raise pickle.UnpicklingError(f"{label}: not a readable torch file ({err})") from err
 
 
 def _storage_from_bytes(data: bytes):
-    """Replacement for torch.storage._load_from_bytes, which would torch.load(weights_only=False)."""
+    """Replacement for torch.storage._load_from_bytes, which runs an unrestricted torch.load on the bytes."""
     if not isinstance(data, (bytes, bytearray)):
         raise UnsafePickleError(f"storage payload must be bytes, got {type(data).__name__}")
-    return _torch_load(io.BytesIO(data))
+    return _torch_load(io.BytesIO(data), "embedded tensor storage")
 
 
+def _refusal(name: str) -> str:
+    return (
+        f"refusing to unpickle global {name} "
+        "(only tensors, storages, numpy arrays, containers and argparse.Namespace are allowed)"
+    )
+
+
+@functools.cache
 def _allowed_globals() -> dict[tuple[str, str], object]:
     import numpy as np
 
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     allowed = {
         ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
@@ -89,8 +98,8 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     }
     # numpy >= 2 pickles under numpy._core, older numpy under numpy.core
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = np.ndarray.__new__.__self__ and _np_reconstruct()
-        allowed[(module, "scalar")] = _np_scalar()
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
     return allowed
 
 
@@ -100,35 +109,16 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-def _np_reconstruct():
-    from numpy._core import multiarray
-
-    return multiarray._reconstruct
-
-
-def _np_scalar():
-    from numpy._core import multiarray
-
-    return multiarray.scalar
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only allow-listed globals (plus torch dtypes); everything else is refused."""
 
-    _allowed: dict[tuple[str, str], object] | None = None
-
     def find_class(self, module: str, name: str):
-        if _RestrictedUnpickler._allowed is None:
-            _RestrictedUnpickler._allowed = _allowed_globals()
-        found = _RestrictedUnpickler._allowed.get((module, name))
+        found = _allowed_globals().get((module, name))
         if found is not None:
             return found
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise UnsafePickleError(
-            f"refusing to unpickle global {module}.{name} "
-            "(only tensors, storages, numpy arrays, containers and argparse.Namespace are allowed)"
-        )
+        raise UnsafePickleError(_refusal(f"{module}.{name}"))
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"refusing persistent id {pid!r} in a plain pickle")

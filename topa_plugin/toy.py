@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from topa_plugin.convert import hf_tokenizer_from_sentencepiece
+
 # Text the toy tokenizer is trained on besides the caller's: the prompt templates, so that
 # every template word tokenizes into a handful of pieces.
 _TEMPLATE_TEXT = """\
@@ -72,25 +74,9 @@ def train_toy_tokenizer(out_dir: str | Path, extra_text: tuple[str, ...] = (), v
             minloglevel=2,
         )
         shutil.copy(Path(tmp) / "tokenizer.model", out_dir / "tokenizer.model")
-    write_llama_tokenizer_config(out_dir)
+    # The same route as a converted release: an HF tokenizer proven to encode like sentencepiece.
+    hf_tokenizer_from_sentencepiece(out_dir / "tokenizer.model").save_pretrained(out_dir)
     return out_dir / "tokenizer.model"
-
-
-def write_llama_tokenizer_config(directory: str | Path) -> None:
-    """Write the tokenizer_config.json that makes ``AutoTokenizer`` read ``tokenizer.model`` as Llama-2 does.
-
-    Without it, transformers 5 loads a bare ``tokenizer.model`` without inserting ``<s>``.
-    """
-    config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "legacy": True,
-    }
-    (Path(directory) / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def toy_llama_config(
