@@ -1,0 +1,129 @@
+"""Turn a local EgoSchema-shaped file plus a video folder into a ready lmms-eval task folder.
+
+lmms-eval reads task rows only from a file named in the task yaml, and the yaml's functions see
+only the row, so the folder written here holds a copy of the shipped yamls and the rows, each
+checked and given the absolute ``video_path`` of its video.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from topa_plugin.lmms.choices import letters_and_texts
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DATA_FILE = "egoschema_local.jsonl"  # named by the shipped yamls' data_files
+N_OPTIONS = 5  # lmms-eval's EgoSchema parser reads exactly options A-E
+_VIDEO_SUFFIXES = (".mp4", ".MP4")
+
+
+class TaskDataError(ValueError):
+    """Rows that cannot make a valid EgoSchema task; the message lists every problem."""
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl, .json (list of objects) or .parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskDataError(f"{path}: data file not found")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise TaskDataError(f"{path}:{n}: invalid JSON ({exc})") from exc
+        return rows
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise TaskDataError(f"{path}: invalid JSON ({exc})") from exc
+        if not isinstance(rows, list):
+            raise TaskDataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+        return rows
+    raise TaskDataError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .json or .parquet)")
+
+
+def _row_problems(row, where: str) -> list[str]:
+    if not isinstance(row, dict):
+        return [f"{where}: expected an object, got {type(row).__name__}"]
+    problems = []
+    for field in ("video_idx", "question"):
+        if not isinstance(row.get(field), str) or not row[field].strip():
+            problems.append(f"{where} field {field!r}: expected a non-empty string, got {row.get(field)!r}")
+    options = row.get("option")
+    if not (isinstance(options, list) and len(options) == N_OPTIONS and all(isinstance(o, str) and o.strip() for o in options)):
+        problems.append(f"{where} field 'option': expected {N_OPTIONS} non-empty strings, got {options!r}")
+    answer = row.get("answer")
+    if isinstance(answer, str) and answer.strip().isdigit():
+        answer = int(answer)
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < N_OPTIONS:
+        problems.append(f"{where} field 'answer': expected an option index 0-{N_OPTIONS - 1}, got {row.get('answer')!r}")
+    return problems
+
+
+def _find_video(row: dict, data_dir: Path, videos: Path | None) -> Path | None:
+    if row.get("video_path"):
+        path = Path(row["video_path"]).expanduser()
+        path = path if path.is_absolute() else data_dir / path
+        return path.resolve() if path.is_file() else None
+    if videos is None:
+        return None
+    for suffix in _VIDEO_SUFFIXES:
+        path = videos / f"{row['video_idx']}{suffix}"
+        if path.is_file():
+            return path.resolve()
+    return None
+
+
+def prepare_rows(data: str | Path, videos: str | Path | None) -> list[dict]:
+    """Checked rows with options re-lettered "A. ".."E. ", integer answers and absolute video paths.
+
+    A row's own ``video_path`` (absolute, or relative to the data file) wins over ``videos``.
+    """
+    data = Path(data)
+    videos = Path(videos).expanduser() if videos is not None else None
+    if videos is not None and not videos.is_dir():
+        raise TaskDataError(f"{videos}: video folder not found")
+    rows = read_rows(data)
+    if not rows:
+        raise TaskDataError(f"{data}: no rows")
+    problems, prepared = [], []
+    for i, row in enumerate(rows):
+        where = f"{data} row {i}" + (f" (video_idx {row.get('video_idx')!r})" if isinstance(row, dict) else "")
+        row_problems = _row_problems(row, where)
+        if row_problems:
+            problems.extend(row_problems)
+            continue
+        video = _find_video(row, data.parent, videos)
+        if video is None:
+            looked = row.get("video_path") or f"{videos}/{row['video_idx']}.mp4"
+            problems.append(f"{where} field 'video_path': video not found ({looked})")
+            continue
+        _, texts = letters_and_texts(row["option"])
+        prepared.append({**row, "option": [f"{chr(ord('A') + j)}. {t}" for j, t in enumerate(texts)],
+                         "answer": int(row["answer"]), "video_path": str(video)})
+    if problems:
+        raise TaskDataError(f"{len(problems)} problem(s) in {data}:\n" + "\n".join(problems))
+    return prepared
+
+
+def write_task_folder(data: str | Path, videos: str | Path | None, out: str | Path) -> Path:
+    """Write ``out`` with the shipped task yamls and the prepared rows; returns ``out``."""
+    rows = prepare_rows(data, videos)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for yaml_file in sorted(TASKS_DIR.glob("*.yaml")):
+        shutil.copyfile(yaml_file, out / yaml_file.name)
+    with open(out / DATA_FILE, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return out
