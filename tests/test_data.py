@@ -1,0 +1,290 @@
+"""Training data: TextVid task mix and answer balancing, fail-fast errors, video-QA layouts, collator."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+
+from topa_plugin.data import (
+    MULTIPLE_CHOICE,
+    OPEN_ENDED,
+    SUMMARY,
+    DataError,
+    TextVidDataset,
+    TopaCollator,
+    VideoQADataset,
+    balance_options,
+    choose_task,
+    read_video_qa,
+)
+from topa_plugin.features import write_sharded
+from topa_plugin.prompts import IGNORE_INDEX, TopaProcessor
+from topa_plugin.textvid import TextVidError, read_textvid, sample_path
+
+DIM = 16
+OPTIONS = ["cut the onion", "washed the pan", "opened the fridge", "poured the water", "left the kitchen"]
+
+
+def write_store(directory, features: dict[str, torch.Tensor]):
+    """A feature store in the `topa features` format, without running CLIP."""
+    keys = list(features)
+    write_sharded(directory, {"kind": "test", "encoder": "random", "dim": DIM}, keys, keys,
+                  lambda ks: {k: features[k] for k in ks}, shard_size=64, dtype="float32")
+    return directory
+
+
+def random_frames(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, DIM, generator=g)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+@pytest.fixture(scope="module")
+def processor(toy_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return TopaProcessor(AutoTokenizer.from_pretrained(toy_tokenizer_dir), max_feats=10)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return read_textvid(sample_path())
+
+
+@pytest.fixture(scope="module")
+def textvid_store(tmp_path_factory, records):
+    features = {r.idx: random_frames(len(r.frames), i) for i, r in enumerate(records)}
+    return write_store(tmp_path_factory.mktemp("textvid_store"), features)
+
+
+def supervised(sample) -> torch.Tensor:
+    return sample["labels"] != IGNORE_INDEX
+
+
+# ---------------------------------------------------------------- release rules
+
+def test_balance_options_shuffles_and_tracks_the_answer():
+    rng = random.Random(0)
+    positions = collections.Counter()
+    for _ in range(200):
+        options, answer = balance_options(OPTIONS, 1, rng)
+        assert sorted(options) == sorted(OPTIONS)
+        assert options[answer] == "washed the pan"
+        positions[answer] += 1
+    assert set(positions) == set(range(5))
+    assert min(positions.values()) > 20
+
+
+@pytest.mark.parametrize("answer_text", ["Both A and B", "All of the above", "None of them", "a ball", "his hand"])
+def test_balance_keeps_order_when_the_answer_text_contains_a_release_keyword(answer_text):
+    options = [*OPTIONS[:4], answer_text]
+    assert balance_options(options, 4, random.Random(0)) == (options, 4)
+
+
+def test_task_mix_follows_the_release_probabilities():
+    rng = random.Random(0)
+    n = 8000
+    mix = collections.Counter(choose_task("they cut it", "cut the onion", rng) for _ in range(n))
+    assert abs(mix[MULTIPLE_CHOICE] / n - 0.5) < 0.03
+    assert abs(mix[OPEN_ENDED] / n - 0.25) < 0.03
+    assert abs(mix[SUMMARY] / n - 0.25) < 0.03
+    no_open = collections.Counter(choose_task(None, "cut the onion", rng) for _ in range(n))
+    assert set(no_open) == {MULTIPLE_CHOICE, SUMMARY} and abs(no_open[SUMMARY] / n - 0.5) < 0.03
+    # The release skips open-ended QA when the correct option says "both"/"all".
+    both = collections.Counter(choose_task("they cut it", "both of them", rng) for _ in range(n))
+    assert OPEN_ENDED not in both
+
+
+# ---------------------------------------------------------------- TextVid dataset
+
+def test_textvid_samples_mix_tasks_and_supervise_only_answers(processor, records, textvid_store):
+    ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, answer_balance=True, seed=0)
+    assert len(ds) == len(records) and ds.feature_dim == DIM
+    tasks = collections.Counter()
+    for index in range(len(ds)):
+        sample = ds[index]
+        ids, labels, mask = sample["input_ids"], sample["labels"], supervised(sample)
+        assert mask.any()
+        first = int(mask.nonzero()[0])
+        assert mask[first:].all() and ids[-1] == processor.eos_id  # one answer span through </s>
+        assert torch.equal(labels[mask], ids[mask])
+        video = sample["video_features"]
+        assert video.shape == (10, DIM) and video.dtype == torch.float32
+        n_frames = min(len(records[index].frames), 10)
+        assert torch.allclose(video[:n_frames].norm(dim=-1), torch.ones(n_frames), atol=1e-5)
+        assert not video[n_frames:].any()  # zero padding, as the release
+        assert ids[sample["video_start"] - 1] != processor.placeholder_id
+        text = processor.decode(ids.tolist())
+        answer = processor.decode(ids[first:].tolist())
+        if "Choose the correct answer" in text:
+            tasks[MULTIPLE_CHOICE] += 1
+            assert answer.strip().startswith("choice is (") or answer.strip().startswith("(")
+        elif "Generate a summary" in text:
+            tasks[SUMMARY] += 1
+            assert records[index].global_video_caption.split()[0] in answer
+        else:
+            assert "Predict the answer" in text
+            tasks[OPEN_ENDED] += 1
+    assert set(tasks) == {MULTIPLE_CHOICE, SUMMARY, OPEN_ENDED}
+
+
+def test_textvid_answer_balancing_moves_the_correct_letter(processor, records, textvid_store):
+    """Balanced, the supervised letter varies; unbalanced it always equals the record's answer."""
+    record, qa = next((r, q) for r in records for q in r.qas
+                      if not any(w in q.answer_text.lower() for w in ("both", "all", "none", "and")))
+    one_qa = dataclasses.replace(record, qas=[qa])
+    letters = {}
+    for balance in (True, False):
+        ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, answer_balance=balance, seed=1)
+        ds.records = [one_qa] * 200
+        texts = [processor.decode(ds[i]["input_ids"].tolist()) for i in range(200)]
+        letters[balance] = collections.Counter(t.rstrip()[-2] for t in texts if "Choose the correct answer" in t)
+    assert set(letters[False]) == {qa.answer}
+    assert len(letters[True]) >= 3
+
+
+def test_visits_are_reproducible_and_change_with_the_epoch(processor, textvid_store):
+    ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, noise_variance=0.01, seed=3)
+
+    def epoch_samples(epoch):
+        ds.set_epoch(epoch)
+        return [ds[i] for i in range(len(ds))]
+
+    first, again, second = epoch_samples(0), epoch_samples(0), epoch_samples(1)
+    for a, b in zip(first, again):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["video_features"], b["video_features"])
+    changed = sum(not torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, second))
+    assert changed > len(ds) // 2
+
+
+def test_noise_injection_changes_features_and_keeps_unit_norm(processor, textvid_store):
+    clean = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, seed=0)
+    noisy = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, noise_variance=0.01, seed=0)
+    a, b = clean[0]["video_features"], noisy[0]["video_features"]
+    rows = a.norm(dim=-1) > 0
+    assert not torch.allclose(a[rows], b[rows])
+    assert torch.allclose(b[rows].norm(dim=-1), torch.ones(int(rows.sum())), atol=1e-5)
+
+
+def test_truncated_answer_fails_fast_naming_the_record(processor, textvid_store):
+    ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=24, seed=0)
+    with pytest.raises(DataError) as err:
+        ds[3]
+    message = str(err.value)
+    assert str(sample_path()) in message and "record 3" in message and "max_seq_len=24" in message
+
+
+def test_bad_record_fails_fast_naming_file_record_and_field(processor, tmp_path, textvid_store):
+    lines = sample_path().read_text().splitlines()
+    bad = json.loads(lines[4])
+    bad["QAs"][0]["answer"] = "F"
+    lines[4] = json.dumps(bad)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TextVidError) as err:
+        TextVidDataset(path, textvid_store, processor)
+    message = str(err.value)
+    assert str(path) in message and "record 4" in message and "QAs[0].answer" in message
+
+
+def test_missing_features_fail_fast(processor, records, tmp_path):
+    features = {r.idx: random_frames(len(r.frames), 0) for r in records[1:]}
+    store = write_store(tmp_path / "store", features)
+    with pytest.raises(DataError) as err:
+        TextVidDataset(sample_path(), store, processor)
+    assert f"record 0 (idx {records[0].idx!r})" in str(err.value) and "idx: not in the feature index" in str(err.value)
+
+
+def test_feature_rows_must_match_the_record_frames(processor, records, tmp_path):
+    features = {r.idx: random_frames(len(r.frames), 0) for r in records}
+    features[records[2].idx] = random_frames(len(records[2].frames) + 1, 0)
+    ds = TextVidDataset(sample_path(), write_store(tmp_path / "store", features), processor, max_seq_len=512)
+    with pytest.raises(DataError, match=r"record 2 .*: frames: "):
+        ds[2]
+
+
+# ---------------------------------------------------------------- collator
+
+def test_collator_pads_to_the_longest_sample_only():
+    def sample(n, start):
+        return {"input_ids": torch.arange(1, n + 1), "labels": torch.full((n,), 7),
+                "video_features": torch.ones(10, DIM), "video_start": start}
+
+    batch = TopaCollator(pad_token_id=0)([sample(5, 3), sample(9, 7)])
+    assert batch["input_ids"].shape == (2, 9) and batch["labels"].shape == (2, 9)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [5, 9]
+    assert batch["input_ids"][0, 5:].eq(0).all() and batch["labels"][0, 5:].eq(IGNORE_INDEX).all()
+    assert batch["video_start"].dtype == torch.long and batch["video_start"].tolist() == [3, 7]
+    assert batch["video_features"].shape == (2, 10, DIM)
+
+
+# ---------------------------------------------------------------- video QA layouts
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def nextqa_row(video, answer):
+    return {"video": video, "qid": 0, "type": "TN", "question": "what happens after the cut", "answer": answer,
+            **{f"a{i}": option for i, option in enumerate(OPTIONS)}}
+
+
+def test_layouts_parse(tmp_path):
+    nextqa = read_video_qa(write_csv(tmp_path / "train.csv", [nextqa_row("101", 2)]))
+    assert (nextqa[0].video_id, nextqa[0].options, nextqa[0].answer, nextqa[0].start) == ("101", OPTIONS, 2, None)
+
+    star = {"video_id": "6H78U", "question_id": "Interaction_T1_13", "question": "Which object was tidied up?",
+            "choices": [{"choice_id": i, "choice": o} for i, o in reversed(list(enumerate(OPTIONS[:4])))],
+            "answer": "opened the fridge", "start": 11.1, "end": 19.6}
+    (tmp_path / "STAR_train.json").write_text(json.dumps([star]))
+    item = read_video_qa(tmp_path / "STAR_train.json")[0]
+    assert (item.video_id, item.options, item.answer, item.start, item.end) == ("6H78U", OPTIONS[:4], 2, 11.1, 19.6)
+
+    tvqa = {"vid_name": "castle_s01e01_seg02_clip_00", "q": "Who enters?", "answer_idx": 4, "ts": "20.5-33.0",
+            **{f"a{i}": o for i, o in enumerate(OPTIONS)}}
+    (tmp_path / "tvqa_train.jsonl").write_text(json.dumps(tvqa) + "\n" + json.dumps({**tvqa, "ts": "NaN-NaN"}) + "\n")
+    first, unknown = read_video_qa(tmp_path / "tvqa_train.jsonl")
+    assert (first.answer, first.start, first.end) == (4, 20.5, 33.0)
+    assert (unknown.start, unknown.end) == (None, None)
+
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"video_id": "v", "question": "q?", "options": OPTIONS, "answer": "B"}) + "\n")
+    assert read_video_qa(tmp_path / "qa.jsonl")[0].answer == 1
+
+
+def test_bad_video_qa_rows_are_all_reported_with_their_field(tmp_path):
+    rows = [nextqa_row("1", 0), nextqa_row("2", 7), {**nextqa_row("3", 1), "a2": ""}]
+    path = write_csv(tmp_path / "val.csv", rows)
+    with pytest.raises(DataError) as err:
+        read_video_qa(path)
+    message = str(err.value)
+    assert f"{path}: record 1: answer: answer '7' out of range for 5 options" in message
+    assert f"{path}: record 2: a2: missing" in message
+    assert "record 0" not in message
+
+
+def test_video_qa_dataset_samples_and_segments(processor, tmp_path):
+    ramp = torch.zeros(40, DIM)
+    ramp[torch.arange(40), torch.arange(40) % DIM] = 1.0  # row r is one-hot at r % DIM
+    store = write_store(tmp_path / "videos", {"vidA": ramp})
+    tvqa = {"vid_name": "vidA", "q": "Who enters?", "answer_idx": 3, "ts": "2.0-4.0",
+            **{f"a{i}": o for i, o in enumerate(OPTIONS)}}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(tvqa) + "\n")
+    ds = VideoQADataset(tmp_path / "qa.jsonl", store, processor, feature_fps=3, max_seq_len=512)
+    sample = ds[0]
+    text = processor.decode(sample["input_ids"].tolist())
+    assert "Choose the correct answer" in text and text.rstrip().endswith("(D)")
+    # seconds 2..4 at 3 rows/s are rows 6..14 (9 rows), zero-padded to 10 slots
+    video = sample["video_features"]
+    assert video[:9].argmax(dim=-1).tolist() == [r % DIM for r in range(6, 15)] and not video[9].any()
+    whole = VideoQADataset(tmp_path / "qa.jsonl", store, processor, max_seq_len=512)[0]["video_features"]
+    assert whole.argmax(dim=-1).tolist() == [(j * 40 // 10) % DIM for j in range(10)]

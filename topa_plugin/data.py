@@ -1,0 +1,433 @@
+"""Training data for TOPA: TextVid pre-alignment, video-QA finetuning, and a dynamic-padding collator.
+
+TextVid task mix (the release's ``textvid.py`` + ``engine.py``, topa-method.md section 5): each
+visit of a Tideo draws one random QA pair; with p=0.5 the sample is that QA as multiple choice,
+otherwise it fills the "caption" slot: open-ended QA with p=0.5 when the QA has an open answer
+(and, as in the release, its correct option mentions neither "both" nor "all"), else the summary.
+The release flips the multiple-choice/caption coin once per *batch*; here it is flipped per
+sample, which keeps each task's share and mixes tasks inside a batch.
+
+Answer balancing shuffles the options unless the correct option's text contains "both", "all",
+"none" or "and" as substrings (the release's test; "ball" and "hand" count too): those answers
+usually refer to other options' positions.
+
+Each visit draws its randomness (QA, task, option order, noise) from ``(seed, epoch, index)``:
+a sample does not depend on data-loader workers or on when the loader prefetched it, so a run
+resumed from a checkpoint sees the same samples as an uninterrupted one. ``set_epoch`` is called
+at each epoch start (``topa_plugin.train`` registers a callback for it).
+
+Unlike the release, nothing is skipped or substituted: a bad record, a missing feature entry or a
+sample whose answer tokens were truncated away raises an error naming file, record and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .bridge import l2_normalize, noise_injection, sample_frames
+from .prompts import IGNORE_INDEX, TopaPrompt
+
+logger = logging.getLogger(__name__)
+
+MULTIPLE_CHOICE, SUMMARY, OPEN_ENDED = "multiple_choice", "summary", "open_ended"
+KEEP_ORDER_WORDS = ("both", "all", "none", "and")
+NO_OPEN_ENDED_WORDS = ("both", "all")
+LAYOUTS = ("auto", "nextqa", "star", "tvqa", "generic")
+
+
+class DataError(ValueError):
+    """A training record or its features cannot be used; the message names file, record and field."""
+
+
+def balance_options(options: Sequence[str], answer: int, rng: random.Random) -> tuple[list[str], int]:
+    """Shuffle the options (returns new list and answer index) unless the answer text refers to others."""
+    options = list(options)
+    text = options[answer]
+    if any(word in text.lower() for word in KEEP_ORDER_WORDS):
+        return options, answer
+    rng.shuffle(options)
+    return options, options.index(text)
+
+
+def choose_task(open_answer: str | None, answer_text: str, rng: random.Random) -> str:
+    """The release's mix: MC with p=0.5; else open-ended QA with p=0.5 when allowed; else summary."""
+    if rng.random() < 0.5:
+        return MULTIPLE_CHOICE
+    open_allowed = open_answer is not None and not any(w in answer_text.lower() for w in NO_OPEN_ENDED_WORDS)
+    if open_allowed and rng.random() < 0.5:
+        return OPEN_ENDED
+    return SUMMARY
+
+
+def prepare_frames(features: torch.Tensor, max_feats: int, noise_variance: float = 0.0,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """[T, F] frame features -> [max_feats, F] float32: normalise, optional noise, release sampling."""
+    frames = l2_normalize(features.float())
+    frames = noise_injection(frames, noise_variance, generator)
+    return sample_frames(frames, max_feats)
+
+
+class _VisitRandomness:
+    """Per-visit random streams seeded by ``(seed, epoch, index)``."""
+
+    seed: int
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def visit_rng(self, index: int) -> random.Random:
+        return random.Random(f"{self.seed}/{self.epoch}/{index}")
+
+
+def make_sample(prompt: TopaPrompt, video: torch.Tensor, max_seq_len: int, where: str) -> dict[str, Any]:
+    """Truncate to ``max_seq_len`` like the release and insist on at least one supervised token."""
+    n_tokens = len(prompt.input_ids)
+    input_ids = prompt.input_ids[:max_seq_len]
+    labels = prompt.labels[:max_seq_len]
+    if not any(label != IGNORE_INDEX for label in labels):
+        supervised = [i for i, label in enumerate(prompt.labels) if label != IGNORE_INDEX]
+        detail = (f"the answer starts at token {supervised[0]} of {n_tokens}, raise --max_seq_len"
+                  if supervised else "the prompt has no answer tokens")
+        raise DataError(f"{where}: no supervised token left after truncation to max_seq_len={max_seq_len} ({detail})")
+    return {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "video_features": video,
+        "video_start": prompt.video_start,
+    }
+
+
+class _FeatureSource:
+    """Features of one ``topa features`` output folder, with errors that name the record."""
+
+    def __init__(self, folder: str | Path, ids: Sequence[str], data_path: str, id_field: str):
+        from .features import FeatureStore
+
+        self.folder = str(folder)
+        self.store = FeatureStore(folder)
+        missing = [(i, vid) for i, vid in enumerate(ids) if vid not in self.store]
+        if missing:
+            shown = "; ".join(f"record {i} ({id_field} {vid!r})" for i, vid in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(f"{data_path}: {len(missing)} record(s) have no features in {self.folder}: "
+                            f"{shown}{more}: {id_field}: not in the feature index")
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.store.get(key)
+
+    @property
+    def dim(self) -> int:
+        return int(self.store.dim)
+
+
+class TextVidDataset(_VisitRandomness, Dataset):
+    """TextVid records + their fused textual frame features -> TOPA training samples."""
+
+    def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, max_seq_len: int = 150,
+                 answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0):
+        from .textvid.records import read_textvid
+
+        self.data_path = str(data_path)
+        self.records = read_textvid(data_path)  # TextVidError names file, record and field
+        self.processor = processor
+        self.max_seq_len = max_seq_len
+        self.answer_balance = answer_balance
+        self.noise_variance = noise_variance
+        self.seed, self.epoch = seed, 0
+        self.features = _FeatureSource(feature_folder, [r.idx for r in self.records], self.data_path, "idx")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features.dim
+
+    def _where(self, index: int) -> str:
+        return f"{self.data_path}: record {index} (id {self.records[index].idx!r})"
+
+    def _video(self, index: int, rng: random.Random) -> torch.Tensor:
+        record = self.records[index]
+        features = self.features.get(record.idx)
+        if features.ndim != 2 or features.shape[0] != len(record.frames):
+            raise DataError(f"{self._where(index)}: frames: {len(record.frames)} frames but features in "
+                            f"{self.features.folder} have shape {tuple(features.shape)} (expected [n_frames, D])")
+        noise = torch.Generator().manual_seed(rng.getrandbits(63)) if self.noise_variance else None
+        return prepare_frames(features, self.processor.max_feats, self.noise_variance, noise)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        rng = self.visit_rng(index)
+        qa_index = rng.randrange(len(record.qas))
+        qa = record.qas[qa_index]
+        task = choose_task(qa.answer_open_ended, qa.answer_text, rng)
+        if task == MULTIPLE_CHOICE:
+            options, answer = qa.options, qa.answer_index
+            if self.answer_balance:
+                options, answer = balance_options(options, answer, rng)
+            prompt = self.processor.encode_multiple_choice(qa.question, options, answer)
+        elif task == OPEN_ENDED:
+            prompt = self.processor.encode_open_ended(qa.question, qa.answer_open_ended)
+        else:
+            prompt = self.processor.encode_summary(record.global_video_caption)
+        where = f"{self._where(index)}: QAs[{qa_index}] as {task}"
+        return make_sample(prompt, self._video(index, rng), self.max_seq_len, where)
+
+
+# ---------------------------------------------------------------- video QA (finetuning)
+
+@dataclass
+class VideoQAItem:
+    """One multiple-choice question about a video; ``start``/``end`` in seconds when the layout has them."""
+
+    video_id: str
+    question: str
+    options: list[str]
+    answer: int
+    start: float | None = None
+    end: float | None = None
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .csv, .jsonl or .json (list) file."""
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if path.suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    raise DataError(f"{path}: line {line_no}: blank line in JSON Lines")
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {line_no}: invalid JSON: {e.msg}") from e
+        return rows
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from e
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON list of records")
+        return rows
+    raise DataError(f"{path}: unsupported file type (expected .csv, .jsonl or .json)")
+
+
+def detect_layout(row: dict[str, Any]) -> str:
+    """Column layout from the keys of the first row."""
+    if "choices" in row:
+        return "star"
+    if "q" in row and "answer_idx" in row:
+        return "tvqa"
+    if "a0" in row:
+        return "nextqa"
+    if "options" in row:
+        return "generic"
+    raise DataError(f"cannot tell the column layout from keys {sorted(row)}: expected NExT-QA (a0..a4, answer), "
+                    "STAR (choices), TVQA (q, a0..a4, answer_idx) or generic (question, options, answer)")
+
+
+def _field(row: dict[str, Any], key: str) -> Any:
+    if key not in row or row[key] in (None, ""):
+        raise KeyError(key)
+    return row[key]
+
+
+def _text(row: dict[str, Any], key: str) -> str:
+    value = _field(row, key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key}: expected non-empty text, got {value!r}")
+    return value
+
+
+def _index(value: Any, n: int, key: str) -> int:
+    if isinstance(value, str) and len(value) == 1 and value.isalpha():
+        index = ord(value.upper()) - ord("A")
+    else:
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected an option index or letter, got {value!r}") from None
+    if not 0 <= index < n:
+        raise ValueError(f"{key}: answer {value!r} out of range for {n} options")
+    return index
+
+
+def _seconds(row: dict[str, Any], key: str) -> float | None:
+    """A time in seconds; NaN (TVQA's unknown segments) means the whole video."""
+    value = _field(row, key)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: expected seconds, got {value!r}") from None
+    return None if math.isnan(seconds) else seconds
+
+
+def _segment(start: float | None, end: float | None) -> tuple[float | None, float | None]:
+    """Both ends known, or neither (whole video)."""
+    return (start, end) if start is not None and end is not None else (None, None)
+
+
+def _lettered_options(row: dict[str, Any]) -> list[str]:
+    n = 0
+    while f"a{n}" in row:
+        n += 1
+    return [_text(row, f"a{i}") for i in range(n)]
+
+
+def _parse_row(row: dict[str, Any], layout: str) -> VideoQAItem:
+    if layout == "nextqa":
+        options = _lettered_options(row)
+        return VideoQAItem(str(_field(row, "video")), _text(row, "question"), options,
+                           _index(_field(row, "answer"), len(options), "answer"))
+    if layout == "tvqa":
+        options = _lettered_options(row)
+        ts = str(_field(row, "ts")).split("-")
+        if len(ts) != 2:
+            raise ValueError(f"ts: expected 'start-end' seconds, got {row['ts']!r}")
+        start, end = (_seconds({"ts": part}, "ts") for part in ts)
+        return VideoQAItem(str(_field(row, "vid_name")), _text(row, "q"), options,
+                           _index(_field(row, "answer_idx"), len(options), "answer_idx"), *_segment(start, end))
+    if layout == "star":
+        choices = _field(row, "choices")
+        if not isinstance(choices, list) or not all(isinstance(c, dict) and "choice" in c for c in choices):
+            raise ValueError("choices: expected a list of {choice_id, choice}")
+        ordered = sorted(choices, key=lambda c: int(c.get("choice_id", 0)))
+        options = [c["choice"] for c in ordered]
+        answer_text = _text(row, "answer")
+        if answer_text not in options:
+            raise ValueError(f"answer: {answer_text!r} is not one of the choices")
+        return VideoQAItem(str(_field(row, "video_id")), _text(row, "question"), options, options.index(answer_text),
+                           *_segment(_seconds(row, "start"), _seconds(row, "end")))
+    options = _field(row, "options")
+    if not isinstance(options, list) or not options or not all(isinstance(o, str) and o.strip() for o in options):
+        raise ValueError("options: expected a non-empty list of non-empty strings")
+    video = row.get("video_id", row.get("video"))
+    if video in (None, ""):
+        raise KeyError("video_id")
+    return VideoQAItem(str(video), _text(row, "question"), list(options), _index(_field(row, "answer"), len(options), "answer"))
+
+
+def read_video_qa(path: str | Path, layout: str = "auto") -> list[VideoQAItem]:
+    """Parse every row; raises DataError listing each bad row with its field."""
+    path = Path(path)
+    if layout not in LAYOUTS:
+        raise DataError(f"{path}: unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path}: no records")
+    if layout == "auto":
+        try:
+            layout = detect_layout(rows[0])
+        except DataError as e:
+            raise DataError(f"{path}: record 0: {e}") from None
+    items, problems = [], []
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row, dict):
+                raise ValueError(f"expected an object, got {type(row).__name__}")
+            items.append(_parse_row(row, layout))
+        except KeyError as e:
+            problems.append(f"{path}: record {i}: {e.args[0]}: missing ({layout} layout)")
+        except ValueError as e:
+            problems.append(f"{path}: record {i}: {e}")
+    if problems:
+        raise DataError(f"{len(problems)} bad video-QA record(s):\n" + "\n".join(problems[:50]))
+    return items
+
+
+class VideoQADataset(_VisitRandomness, Dataset):
+    """Multiple-choice video QA on real-video CLIP features (``topa features videos`` output).
+
+    STAR and TVQA name a time segment; with ``feature_fps`` set, rows
+    ``[round(start) * fps, (round(end) + 1) * fps)`` of the video's features are used (the release's
+    slicing), otherwise the whole video's features, which a notice says once.
+    """
+
+    def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, layout: str = "auto",
+                 max_seq_len: int = 128, answer_balance: bool = False, feature_fps: float | None = None,
+                 seed: int = 0):
+        self.data_path = str(data_path)
+        self.items = read_video_qa(data_path, layout)
+        self.processor = processor
+        self.max_seq_len = max_seq_len
+        self.answer_balance = answer_balance
+        self.feature_fps = feature_fps
+        self.seed, self.epoch = seed, 0
+        self.features = _FeatureSource(feature_folder, [it.video_id for it in self.items], self.data_path, "video")
+        if feature_fps is None and any(it.start is not None for it in self.items):
+            logger.warning("%s has time segments but no feature_fps was given: using whole-video features", data_path)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features.dim
+
+    def _video(self, index: int) -> torch.Tensor:
+        item = self.items[index]
+        features = self.features.get(item.video_id)
+        if self.feature_fps is not None and item.start is not None:
+            first = int(round(item.start) * self.feature_fps)
+            last = int((round(item.end) + 1) * self.feature_fps)
+            features = features[first:last]
+            if features.shape[0] == 0:
+                raise DataError(f"{self.data_path}: record {index} (video {item.video_id!r}): start/end: segment "
+                                f"{item.start}-{item.end}s is outside the video's features at {self.feature_fps} fps")
+        return prepare_frames(features, self.processor.max_feats)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        options, answer = item.options, item.answer
+        if self.answer_balance:
+            options, answer = balance_options(options, answer, self.visit_rng(index))
+        prompt = self.processor.encode_multiple_choice(item.question, options, answer)
+        where = f"{self.data_path}: record {index} (video {item.video_id!r})"
+        return make_sample(prompt, self._video(index), self.max_seq_len, where)
+
+
+# ---------------------------------------------------------------- batching
+
+@dataclass
+class TopaCollator:
+    """Right-pads each batch to its own longest sample; never to a fixed length.
+
+    Returns the model's inputs: ``input_ids``/``attention_mask``/``labels`` [B, L],
+    ``video_features`` [B, max_feats, F] and ``video_start`` LongTensor [B] (may differ per sample).
+    """
+
+    pad_token_id: int = 0
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(s["input_ids"]) for s in samples)
+        batch = len(samples)
+        input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, longest), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample["input_ids"])
+            input_ids[row, :n] = sample["input_ids"]
+            labels[row, :n] = sample["labels"]
+            attention_mask[row, :n] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "video_features": torch.stack([s["video_features"] for s in samples]),
+            "video_start": torch.tensor([int(s["video_start"]) for s in samples], dtype=torch.long),
+        }
