@@ -8,6 +8,13 @@ import sys
 
 # Each module defines ``register(subparsers)``; its subcommands set ``func(args) -> int``.
 COMMAND_MODULES = [
+    "topa_plugin.commands.demo",
+    "topa_plugin.commands.lmms",
+    "topa_plugin.commands.features",
+    "topa_plugin.commands.memory",
+    "topa_plugin.commands.textvid",
+    "topa_plugin.commands.train",
+    "topa_plugin.commands.convert",
 ]
 
 

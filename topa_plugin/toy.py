@@ -115,8 +115,14 @@ def build_toy_llama(
     heads: int = 4,
     kv_heads: int | None = None,
     seed: int = 0,
+    fan_in_init: bool = False,
 ) -> Path:
-    """Save a random ``LlamaForCausalLM`` (plus the tokenizer files) as a Hugging Face model directory."""
+    """Save a random ``LlamaForCausalLM`` (plus the tokenizer files) as a Hugging Face model directory.
+
+    ``fan_in_init`` draws every linear weight with std 1/sqrt(fan_in) and sharpens the output head:
+    with Hugging Face's 0.02-std init a 64-d model's logits barely move, so nothing it reads (a
+    video, a question, a trained adapter) can change its answers or its loss visibly.
+    """
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     out_dir = Path(out_dir)
@@ -128,6 +134,11 @@ def build_toy_llama(
     # the toy model's choices differ measurably, which the fidelity tests need.
     with torch.no_grad():
         model.model.embed_tokens.weight.normal_(0.0, 1.0)
+        if fan_in_init:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0.0, module.in_features**-0.5)
+            model.lm_head.weight.mul_(4.0)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
