@@ -23,6 +23,10 @@ _EXPORTS = {
     "load_clip": "topa_plugin.clip",
     "read_frames": "topa_plugin.video",
     "FeatureStore": "topa_plugin.features",
+    "extract_textvid": "topa_plugin.features",
+    "extract_videos": "topa_plugin.features",
+    "build_memory": "topa_plugin.features",
+    "sample_path": "topa_plugin.textvid",
     "load_release_pickle": "topa_plugin.safeload",
     "convert_official": "topa_plugin.convert",
     "TextVidRecord": "topa_plugin.textvid.records",
@@ -49,9 +53,10 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.clip import load_clip
     from topa_plugin.configuration import TopaConfig
     from topa_plugin.convert import convert_official
-    from topa_plugin.features import FeatureStore
+    from topa_plugin.features import FeatureStore, build_memory, extract_textvid, extract_videos
     from topa_plugin.modeling import TopaForCausalLM
     from topa_plugin.prompts import TopaProcessor, TopaPrompt
     from topa_plugin.safeload import load_release_pickle
+    from topa_plugin.textvid import sample_path
     from topa_plugin.textvid.records import TextVidRecord, read_textvid
     from topa_plugin.video import read_frames

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,11 +74,22 @@ class ClipEncoder:
         return self.model.encode_text(tokens.to(self.device)).float().cpu()
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Raw (unnormalised) text embeddings [n, D], float32 on CPU, in input order."""
+        """Raw (unnormalised) text embeddings [n, D], float32 on CPU, in input order.
+
+        A helper thread tokenizes the next batch while the model encodes the current
+        one: on a GPU, CLIP's pure-Python tokenizer is otherwise the bottleneck."""
         out = torch.empty(len(texts), self.embed_dim)
-        for start in range(0, len(texts), batch_size):
-            batch = list(texts[start:start + batch_size])
-            out[start:start + len(batch)] = self.encode_tokens(self.tokenizer(batch))
+        batches = [list(texts[s:s + batch_size]) for s in range(0, len(texts), batch_size)]
+        if not batches:
+            return out
+        start = 0
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.tokenizer, batches[0])
+            for following in [*batches[1:], None]:
+                tokens = pending.result()
+                pending = pool.submit(self.tokenizer, following) if following is not None else None
+                out[start:start + len(tokens)] = self.encode_tokens(tokens)
+                start += len(tokens)
         return out
 
     @torch.inference_mode()

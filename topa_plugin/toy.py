@@ -173,8 +173,16 @@ def build_toy_clip(out_dir: str | Path, embed_dim: int = 768, seed: int = 0, nam
     return config_path, weights_path
 
 
+_DETERMINISTIC_X264 = {"threads": "1", "qp": "20", "x264-params": "aq-mode=0:mbtree=0"}
+
+
 def write_toy_video(path: str | Path, n_frames: int = 24, size: int = 64, fps: int = 8, seed: int = 0) -> Path:
-    """Encode a real H.264 mp4 with PyAV: a coloured square moving over a changing background."""
+    """Encode a real H.264 mp4 with PyAV: a coloured square moving over a changing background.
+
+    The bytes are a function of the arguments (feature caches key on content): one encoder
+    thread and constant-QP coding without adaptive quantisation, whose float rate control
+    otherwise varies with the process's floating-point state (importing torch changes it).
+    """
     import av
 
     path = Path(path)
@@ -184,7 +192,7 @@ def write_toy_video(path: str | Path, n_frames: int = 24, size: int = 64, fps: i
     square = rng.integers(0, 256, size=3)
     side = size // 4
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264", rate=fps, options=_DETERMINISTIC_X264)
         stream.width = size
         stream.height = size
         stream.pix_fmt = "yuv420p"

@@ -1,0 +1,94 @@
+"""`topa features textvid|videos|import-release`: write sharded, resumable feature stores."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_common(p: argparse.ArgumentParser, shard_size: int) -> None:
+    p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
+    p.add_argument("--shard-size", type=int, default=shard_size, help="entries per shard file")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
+
+
+def _add_encoder(p: argparse.ArgumentParser, batch_size: int) -> None:
+    p.add_argument("--clip-model", default="ViT-L-14", help="open_clip model name or model-config JSON")
+    p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or weights file")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--precision", default=None, help="open_clip precision (default fp16 on GPU, fp32 on CPU)")
+
+
+def _encoder(args):
+    from topa_plugin.clip import load_clip
+
+    return load_clip(args.clip_model, args.clip_pretrained, args.device or _default_device(), args.precision)
+
+
+def _report(run) -> int:
+    """Run a job; expected input errors become one clear message and exit status 2."""
+    from topa_plugin.features import FeatureError
+    from topa_plugin.safeload import UnsafePickleError
+    from topa_plugin.textvid.records import TextVidError
+    from topa_plugin.video import VideoDecodeError
+
+    try:
+        index = run()
+    except (FeatureError, TextVidError, VideoDecodeError, UnsafePickleError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {index}")
+    return 0
+
+
+def _textvid(args) -> int:
+    from topa_plugin.features import extract_textvid
+
+    return _report(lambda: extract_textvid(args.textvid, args.out, _encoder(args), args.batch_size,
+                                           args.shard_size, args.dtype))
+
+
+def _videos(args) -> int:
+    from topa_plugin.features import extract_videos
+
+    return _report(lambda: extract_videos(args.videos, args.out, _encoder(args), args.frames, args.batch_size,
+                                          args.shard_size, args.dtype, args.workers))
+
+
+def _import_release(args) -> int:
+    from topa_plugin.features import import_release
+
+    return _report(lambda: import_release(args.textvid, args.features_dir, args.out, args.encoder,
+                                          args.shard_size, args.dtype))
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("features", help="extract CLIP features into sharded safetensors stores")
+    sub = parser.add_subparsers(dest="features_command", metavar="SOURCE", required=True)
+
+    p = sub.add_parser("textvid", help="CLIP text features of TextVid frames (captions fused per frame)")
+    p.add_argument("--textvid", required=True, help="release textvid.json or .jsonl")
+    _add_common(p, shard_size=1000)
+    _add_encoder(p, batch_size=256)
+    p.set_defaults(func=_textvid)
+
+    p = sub.add_parser("videos", help="CLIP image features of uniformly sampled video frames")
+    p.add_argument("--videos", required=True, help="directory of videos or a text file listing one per line")
+    p.add_argument("--frames", type=int, default=10, help="frames sampled per video")
+    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    _add_common(p, shard_size=256)
+    _add_encoder(p, batch_size=64)
+    p.set_defaults(func=_videos)
+
+    p = sub.add_parser("import-release", help="convert the release's features/{idx}.pkl into a store")
+    p.add_argument("--textvid", required=True, help="the release textvid.json the features belong to")
+    p.add_argument("--features-dir", required=True, help="directory holding {idx}.pkl files")
+    p.add_argument("--encoder", default="ViT-L-14|openai", help="encoder identity recorded in the index")
+    _add_common(p, shard_size=1000)
+    p.set_defaults(func=_import_release)

@@ -1,0 +1,60 @@
+"""`topa memory build|import`: the text-feature memory bank for zero-shot projection."""
+from __future__ import annotations
+
+import sys
+
+
+def _build(args) -> int:
+    from topa_plugin.bridge import save_memory
+    from topa_plugin.features import FeatureError, FeatureStore, build_memory
+
+    try:
+        memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed)
+    except (FeatureError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.all and args.size > stats["unique"]:
+        print(f"note: only {stats['unique']} distinct frames, fewer than --size {args.size}; using all of them")
+    save_memory(memory, args.out)
+    print(f"{stats['records']} records, {stats['frames']} frames, {stats['unique']} distinct; "
+          f"wrote {stats['rows']} x {memory.shape[1]} rows to {args.out}")
+    return 0
+
+
+def _import(args) -> int:
+    import pickle
+
+    from topa_plugin.bridge import load_memory, save_memory
+
+    try:
+        memory = load_memory(args.pkl)
+    except (pickle.UnpicklingError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        memory = memory[:args.limit]
+    norms = memory[:100_000].float().norm(dim=1)
+    save_memory(memory, args.out)
+    print(f"wrote {memory.shape[0]} x {memory.shape[1]} rows to {args.out} "
+          f"(row norms in the first {len(norms)}: {norms.min():.4f}..{norms.max():.4f})")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("memory", help="build or import the memory bank used for projection")
+    sub = parser.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("build", help="memory from a feature store: de-duplicated, normalised, fp16")
+    p.add_argument("--features", required=True, help="feature store directory (topa features ...)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--size", type=int, help="uniformly sample this many distinct frames")
+    size.add_argument("--all", action="store_true", help="keep every distinct frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("import", help="convert the release memory.pkl (restricted loader) to safetensors")
+    p.add_argument("--pkl", required=True, help="release memory.pkl")
+    p.add_argument("--limit", type=int, default=None, help="keep the first N rows (the release used 1M)")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.set_defaults(func=_import)
