@@ -39,16 +39,11 @@ def build_topa_checkpoint(out_dir: str | Path, llama_dir: str | Path, *, seed: i
     from topa_plugin.configuration import TopaConfig
     from topa_plugin.modeling import TopaForCausalLM
     from topa_plugin.prompts import TopaProcessor
+    from topa_plugin.toy import fan_in_rescale
 
     llm = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        # With HF's 0.02-std init every sublayer vanishes next to the residual stream and all
-        # questions get the same answer; fan-in scaling lets video and question move the scores.
-        for module in llm.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / module.in_features**0.5)
-        llm.lm_head.weight.mul_(4.0)
+    fan_in_rescale(llm, generator)  # otherwise gates, video and question barely move the logits
     config = TopaConfig(text_config=llm.config.to_dict(), feature_dim=feature_dim, max_feats=MAX_FEATS, adapter_len=4)
     model = TopaForCausalLM(config, llm=llm)
     with torch.no_grad():

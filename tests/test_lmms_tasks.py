@@ -139,9 +139,9 @@ def test_every_bad_row_is_reported_with_file_row_and_field(tmp_path, video_dir):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("rows.jsonl", '{"video_idx": "v0"}\n{oops\n', r"rows.jsonl:2: invalid JSON"),
+    ("rows.jsonl", '{"video_idx": "v0"}\n{oops\n', r"rows.jsonl: line 2: invalid JSON"),
     ("rows.json", '{"video_idx": "v0"}', r"expected a JSON list of rows, got dict"),
-    ("rows.csv", "video_idx\nv0\n", r"unsupported data file type '.csv'"),
+    ("rows.csv", "video_idx\nv0\n", r"unsupported file type '.csv'"),
     ("empty.jsonl", "", r"empty.jsonl: no rows"),
 ])
 def test_unreadable_data_files_are_named(tmp_path, name, content, message):
@@ -152,7 +152,7 @@ def test_unreadable_data_files_are_named(tmp_path, name, content, message):
 
 
 def test_missing_data_or_video_folder(tmp_path):
-    with pytest.raises(TaskDataError, match="data file not found"):
+    with pytest.raises(TaskDataError, match="absent.jsonl: file not found"):
         read_rows(tmp_path / "absent.jsonl")
     (tmp_path / "rows.jsonl").write_text(json.dumps(row()) + "\n")
     with pytest.raises(TaskDataError, match="video folder not found"):

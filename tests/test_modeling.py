@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from topa_plugin.configuration import TopaConfig
 from topa_plugin.modeling import TopaForCausalLM
 from topa_plugin.prompts import TopaProcessor
+from topa_plugin.toy import fan_in_rescale
 
 FEATURE_DIM = 32
 MAX_FEATS = 10
@@ -30,13 +31,7 @@ def build_model(llm_dir, base_dir, seed=0, memory_rows=48):
     random, non-trivial trainables and a random memory."""
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        # HF's 0.02-std init makes every sublayer nearly invisible next to the residual stream;
-        # fan-in scaling lets attention, gates and the video bias move the logits measurably.
-        for module in llm.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / module.in_features**0.5)
-        llm.lm_head.weight.mul_(4.0)
+    fan_in_rescale(llm, generator)  # otherwise gates, video and question barely move the logits
     llm.save_pretrained(base_dir)
     llm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = TopaConfig(

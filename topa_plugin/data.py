@@ -22,8 +22,6 @@ sample whose answer tokens were truncated away raises an error naming file, reco
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import random
@@ -37,6 +35,7 @@ from torch.utils.data import Dataset
 
 from .bridge import l2_normalize, noise_injection, sample_frames
 from .prompts import IGNORE_INDEX, TopaPrompt
+from .rowfiles import read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -202,29 +201,7 @@ class VideoQAItem:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a .csv, .jsonl or .json (list) file."""
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    if path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    raise DataError(f"{path}: line {line_no}: blank line in JSON Lines")
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {line_no}: invalid JSON: {e.msg}") from e
-        return rows
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from e
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of records")
-        return rows
-    raise DataError(f"{path}: unsupported file type (expected .csv, .jsonl or .json)")
+    return read_rows(path, DataError, (".csv", ".jsonl", ".json"))
 
 
 def detect_layout(row: dict[str, Any]) -> str:

@@ -119,9 +119,7 @@ def build_toy_llama(
 ) -> Path:
     """Save a random ``LlamaForCausalLM`` (plus the tokenizer files) as a Hugging Face model directory.
 
-    ``fan_in_init`` draws every linear weight with std 1/sqrt(fan_in) and sharpens the output head:
-    with Hugging Face's 0.02-std init a 64-d model's logits barely move, so nothing it reads (a
-    video, a question, a trained adapter) can change its answers or its loss visibly.
+    ``fan_in_init``: see ``fan_in_rescale``.
     """
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -134,14 +132,25 @@ def build_toy_llama(
     # the toy model's choices differ measurably, which the fidelity tests need.
     with torch.no_grad():
         model.model.embed_tokens.weight.normal_(0.0, 1.0)
-        if fan_in_init:
-            for module in model.modules():
-                if isinstance(module, torch.nn.Linear):
-                    module.weight.normal_(0.0, module.in_features**-0.5)
-            model.lm_head.weight.mul_(4.0)
+    if fan_in_init:
+        fan_in_rescale(model, torch.Generator().manual_seed(seed))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def fan_in_rescale(model: torch.nn.Module, generator: torch.Generator | None = None) -> None:
+    """Redraw every linear weight with std 1/sqrt(fan_in) and sharpen the output head 4x.
+
+    With Hugging Face's 0.02-std init every sublayer of a 64-d model vanishes next to the
+    residual stream: nothing it reads (a video, a question, gates, a trained adapter) changes
+    its logits, answers or loss visibly.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / module.in_features**0.5)
+        model.get_output_embeddings().weight.mul_(4.0)
 
 
 def toy_clip_config(embed_dim: int = 768) -> dict:

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from topa_plugin import rowfiles
 from topa_plugin.lmms.choices import letters_and_texts
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -25,32 +26,7 @@ class TaskDataError(ValueError):
 
 def read_rows(path: str | Path) -> list[dict]:
     """Rows of a .jsonl, .json (list of objects) or .parquet file."""
-    path = Path(path)
-    if not path.is_file():
-        raise TaskDataError(f"{path}: data file not found")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise TaskDataError(f"{path}:{n}: invalid JSON ({exc})") from exc
-        return rows
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise TaskDataError(f"{path}: invalid JSON ({exc})") from exc
-        if not isinstance(rows, list):
-            raise TaskDataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
-        return rows
-    raise TaskDataError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .json or .parquet)")
+    return rowfiles.read_rows(path, TaskDataError, (".jsonl", ".json", ".parquet"))
 
 
 def _row_problems(row, where: str) -> list[str]:
