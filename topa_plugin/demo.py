@@ -117,6 +117,33 @@ def _run_lmms_eval(out_dir: Path, checkpoint: Path, clip: tuple[Path, Path], mem
     return log
 
 
+def _run_training(textvid: Path, features: Path, llama: Path, train_dir: Path, steps: int) -> None:
+    """``python -m topa_plugin.train``, as torchrun/deepspeed launch it; its log goes to a file."""
+    import transformers
+
+    from topa_plugin.llava_compat import trainer_base
+
+    plain = trainer_base() is transformers.Trainer
+    print("   trainer: " + ("transformers.Trainer (llava is not importable)" if plain
+                            else "llava.train.llava_trainer.LLaVATrainer (transformers-5 compat subclass)"))
+    command = [
+        sys.executable, "-m", "topa_plugin.train",
+        "--model_name_or_path", str(llama), "--data_path", str(textvid), "--feature_folder", str(features),
+        "--output_dir", str(train_dir), "--max_steps", str(steps), "--per_device_train_batch_size", "8",
+        "--learning_rate", "2e-2", "--warmup_ratio", "0.1", "--adapter_len", "10", "--answer_balance", "True",
+        "--max_seq_len", "512",  # the toy tokenizer's 512-piece vocabulary makes prompts long
+        "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True",
+        "--dataloader_num_workers", "0", "--seed", "0",
+    ]
+    log = train_dir.parent / "train.log"
+    train_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if done.returncode:
+        raise RuntimeError(f"training failed (exit {done.returncode}); {log} ends with:\n{log.read_text()[-3000:]}")
+    print(f"   log: {log}")
+
+
 def _read_results(results_dir: Path, log: str) -> tuple[dict, list[str]]:
     """lmms-eval exits 0 even when evaluation fails, so success is judged by its files."""
     found = sorted(results_dir.rglob("*_results.json"))
@@ -130,11 +157,11 @@ def _read_results(results_dir: Path, log: str) -> tuple[dict, list[str]]:
 
 def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
     """Run every stage, print what happens, and return timings, losses and the evaluation results."""
-    from topa_plugin import toy, train
+    from topa_plugin import toy
     from topa_plugin.bridge import save_memory
-    from topa_plugin.cli import main as topa_cli
     from topa_plugin.clip import load_clip
     from topa_plugin.features import FeatureStore, build_memory, extract_textvid
+    from topa_plugin.lmms.taskdata import write_task_folder
     from topa_plugin.textvid import sample_path
     from topa_plugin.textvid.records import compute_stats, read_textvid
 
@@ -167,18 +194,12 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
     with _stage(result, "4/6 memory bank (text features the image features are projected onto)"):
         memory, info = build_memory(FeatureStore(features))
         memory_file = save_memory(memory, out_dir / "memory.safetensors")
-        print(f"   {memory_file}: {tuple(memory.shape)} ({info})")
+        print(f"   {memory_file}: {info['rows']} rows x {memory.shape[1]} "
+              f"({info['unique']} distinct of {info['frames']} textual frames)")
 
     with _stage(result, f"5/6 text-only pre-alignment, {steps} steps through the LLaVA trainer"):
         train_dir = out_dir / "checkpoint"
-        train.main([
-            "--model_name_or_path", str(llama), "--data_path", str(textvid), "--feature_folder", str(features),
-            "--output_dir", str(train_dir), "--max_steps", str(steps), "--per_device_train_batch_size", "8",
-            "--learning_rate", "2e-2", "--warmup_ratio", "0.1", "--adapter_len", "10", "--answer_balance", "True",
-            "--max_seq_len", "512",  # the toy tokenizer's 512-piece vocabulary makes prompts long
-            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True",
-            "--dataloader_num_workers", "0", "--seed", "0",
-        ])
+        _run_training(textvid, features, llama, train_dir, steps)
         result.losses = _losses(train_dir)
         _plot_losses(result.losses, out_dir / "loss_curve.png")
         print(f"   loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}  {_sparkline(result.losses)}")
@@ -188,14 +209,13 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
         rows = eval_rows_path()
         n = _write_eval_videos(rows, out_dir / "eval" / "videos")
         tasks_dir = out_dir / "eval" / "tasks"
-        code = topa_cli(["lmms-tasks", "--data", str(rows), "--videos", str(out_dir / "eval" / "videos"),
-                         "--out", str(tasks_dir)])
-        if code:
-            raise RuntimeError(f"topa lmms-tasks failed with exit code {code}")
+        write_task_folder(rows, out_dir / "eval" / "videos", tasks_dir)
+        print(f"   {n} mp4 videos and an lmms-eval task folder (`topa lmms-tasks`): {tasks_dir}")
         log = _run_lmms_eval(out_dir, train_dir, clip, memory_file, tasks_dir)
         result.results, result.answers = _read_results(out_dir / "eval" / "results", log)
         print("\n".join(line for line in log.splitlines() if line.startswith("|")))
-        print(f"   {n} questions, predictions {result.answers}, accuracy {result.results['score,none']:.3f}")
+        letters = "".join("ABCDE"[a] for a in result.answers)
+        print(f"   {n} questions, answers {letters}, accuracy {result.results['score,none']:.3f}")
 
     print("\n== summary")
     for name, seconds in result.timings.items():

@@ -174,9 +174,8 @@ def build_toy_clip(out_dir: str | Path, embed_dim: int = 768, seed: int = 0, nam
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / f"{name}.json"
     config_path.write_text(json.dumps(toy_clip_config(embed_dim), indent=2) + "\n")
-    open_clip.add_model_config(config_path)
     torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
+    model = open_clip.CLIP(**toy_clip_config(embed_dim))
     weights_path = out_dir / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_path))
     return config_path, weights_path
