@@ -22,6 +22,7 @@ from topa_plugin.features import (
     extract_videos,
     fuse_frames,
     import_release,
+    video_features,
 )
 from topa_plugin.safeload import UnsafePickleError
 from topa_plugin.textvid import read_textvid, sample_path, write_jsonl
@@ -232,3 +233,33 @@ def test_video_lists(videos, encoder, tmp_path):
     listing.write_text(f"{videos / 'short.mp4'}\n{tmp_path / 'copy' / 'short.mp4'}\n")
     with pytest.raises(FeatureError, match="share the id 'short'"):
         extract_videos(listing, tmp_path / "out3", encoder, num_frames=4)
+
+
+def test_video_features_decode_a_bounded_window(videos, encoder, monkeypatch):
+    """A shard's videos are decoded a few at a time, not all before encoding (memory), and the
+    result equals encoding every frame in one call, whatever the number of decoding threads."""
+    from topa_plugin import video
+
+    paths = [videos / f"{stem}.mp4" for stem in ("long", "mid", "short")]
+    decoded_frames = []
+    held = []
+    real_read, real_encode = video.read_frames, encoder.encode_images
+
+    def read(path, n):
+        decoded_frames.append(path)
+        return real_read(path, n)
+
+    def encode(images, batch_size):
+        held.append(len(decoded_frames))
+        return real_encode(images, batch_size=batch_size)
+
+    monkeypatch.setattr(video, "read_frames", read)
+    monkeypatch.setattr(encoder, "encode_images", encode)
+    got = video_features(encoder, paths, 8, batch_size=4, workers=1)
+    assert held[0] <= 2  # the first batch is encoded while at most one more video is decoded
+    frames = np.concatenate([real_read(p, 8) for p in paths])
+    whole = l2_normalize(real_encode(frames, batch_size=4)).split([8, 8, 5])
+    for (stem, tensor), expected in zip(got.items(), whole):
+        assert torch.equal(tensor, expected), stem
+    again = video_features(encoder, paths, 8, batch_size=4, workers=3)
+    assert all(torch.equal(again[k], got[k]) for k in got)

@@ -195,3 +195,31 @@ def test_bad_model_args_are_rejected(checkpoint, toy_clip, args, message):
     config, weights = toy_clip
     with pytest.raises(ValueError, match=message):
         Topa(pretrained=str(checkpoint), clip_model=str(config), clip_pretrained=str(weights), device="cpu", **args)
+
+
+def test_video_content_is_hashed_once_until_the_file_changes(tmp_path, monkeypatch):
+    from topa_plugin.lmms import video_features
+
+    hashed = []
+    monkeypatch.setattr(video_features, "file_sha256", lambda path: hashed.append(path) or f"h{len(hashed)}")
+    video_features._digest.cache_clear()
+    video = write_toy_video(tmp_path / "v.mp4", n_frames=6, seed=0)
+    first = video_features.cache_key(video, "enc", 8)
+    assert video_features.cache_key(tmp_path / "." / "v.mp4", "enc", 8) == first and len(hashed) == 1
+    write_toy_video(video, n_frames=7, seed=1)  # replaced in place: new size / mtime
+    assert video_features.cache_key(video, "enc", 8) != first and len(hashed) == 2
+    video_features._digest.cache_clear()
+
+
+def test_loglikelihood_requests_with_different_contexts_are_not_one_question(lm, videos):
+    """Options are grouped per doc AND context: a second context is its own open-ended question,
+    not another option of the first."""
+    lm.task_dict = {"t": {"test": [{"video_path": str(videos[0])}]}}
+    pairs = [("what does c do", " c cooks a meal"), ("where is c", " in the kitchen")]
+    reqs = [request("loglikelihood", (ctx, cont, task_utils.doc_to_visual, 0, "t", "test"), 0, idx=i)
+            for i, (ctx, cont) in enumerate(pairs)]
+    features = lm.features.get(videos[0])
+    for (ctx, cont), result in zip(pairs, lm.loglikelihood(reqs)):
+        loss, greedy = unwrap_generation_output(result)[0]
+        expected_loss, expected_greedy = lm._continuation_nll(features, ctx, cont.strip())
+        assert loss == pytest.approx(expected_loss) and greedy == expected_greedy

@@ -12,6 +12,7 @@ import pytest
 import torch
 from release_fixtures import write_malicious_memory
 
+from topa_plugin import safeload
 from topa_plugin.safeload import UnsafePickleError, load_release_pickle
 
 
@@ -117,3 +118,48 @@ def test_garbage_is_an_unpickling_error_naming_the_file(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="memory.pkl") as info:
         load_release_pickle(path)
     assert not isinstance(info.value, UnsafePickleError)
+
+
+def _build_on_global(module: str, name: str, attribute: str, value_ops: bytes) -> bytes:
+    """Protocol-2 ops: push the global module.name, then BUILD it with slot state {attribute: value}
+    (pickle's BUILD falls back to setattr, so a plain restricted unpickler rewrites the global)."""
+    key = attribute.encode()
+    return (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"N}X" + len(key).to_bytes(4, "little") + key
+            + value_ops + b"s\x86b.")
+
+
+@pytest.mark.parametrize(
+    "module, name, attribute, value_ops, target",
+    [
+        ("argparse", "Namespace", "__init__", b"cnumpy\ndtype\n", lambda: argparse.Namespace.__init__),
+        ("torch._utils", "_rebuild_tensor_v2", "__defaults__", b"}\x85",
+         lambda: torch._utils._rebuild_tensor_v2.__defaults__),
+        ("_codecs", "encode", "__defaults__", b"X\x05\x00\x00\x00utf-8\x85",
+         lambda: safeload._latin1_encode.__defaults__),
+    ],
+    ids=["Namespace-class", "torch-rebuild-defaults", "codecs-defaults"],
+)
+def test_build_cannot_rewrite_an_allowed_global(tmp_path, module, name, attribute, value_ops, target):
+    """BUILD on an allow-listed class or function would change it for the whole process
+    (every later argparse parser, every later torch.load); it must be refused untouched."""
+    before = target()
+    path = tmp_path / "poison.pkl"
+    path.write_bytes(_build_on_global(module, name, attribute, value_ops))
+    with pytest.raises(UnsafePickleError, match=rf"poison\.pkl.*{name}"):
+        load_release_pickle(path)
+    assert target() is before
+    assert load_release_pickle(_dump(tmp_path / "ok.pkl", [torch.ones(2), b"\xff"], 2))[1] == b"\xff"
+
+
+def test_tensor_with_backward_hooks_is_refused(tmp_path):
+    """torch never saves hooks (always an empty OrderedDict); a non-empty one would run on backward."""
+    storage = torch.ones(2)._typed_storage()  # the storage object a plain pickle of a tensor holds
+    hooks = collections.OrderedDict(h=argparse.Namespace)
+    rebuilt = (torch._utils._rebuild_tensor_v2, (storage, 0, (2,), (1,), False, hooks))
+
+    class _Hooked:
+        def __reduce__(self):
+            return rebuilt
+
+    with pytest.raises(UnsafePickleError, match=r"hooked\.pkl.*backward hooks"):
+        load_release_pickle(_dump(tmp_path / "hooked.pkl", _Hooked()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -221,20 +221,45 @@ def video_keys(paths: Sequence[Path]) -> list[str]:
 
 def video_features(encoder, paths: Sequence[Path], num_frames: int, batch_size: int = 64,
                    workers: int = 4) -> dict[str, torch.Tensor]:
-    """Normalised CLIP image features [n_frames, D] per video stem; decoding runs in threads."""
+    """Normalised CLIP image features [n_frames, D] per video stem.
+
+    Videos are decoded at most ``workers`` ahead (in threads) and their frames encoded as full
+    batches fill up, so memory holds a few decoded videos, not a whole shard of full-resolution
+    frames (256 HD videos x 10 frames is tens of GB). The batches are the ones encoding all
+    frames at once would use, so the features do not depend on ``workers``."""
     from PIL import Image
 
     from topa_plugin.video import read_frames
 
+    lengths: list[int] = []
+    pending: list = []
+    encoded: list[torch.Tensor] = []
+
+    def encode(final: bool) -> None:
+        nonlocal pending
+        while len(pending) >= batch_size or (final and pending):
+            batch, pending = pending[:batch_size], pending[batch_size:]
+            encoded.append(encoder.encode_images(batch, batch_size=batch_size))
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        clips = list(pool.map(lambda p: read_frames(p, num_frames), paths))
-    images = [Image.fromarray(frame) for clip in clips for frame in clip]
-    embeddings = l2_normalize(encoder.encode_images(images, batch_size=batch_size))
-    out, start = {}, 0
-    for p, clip in zip(paths, clips):
-        out[p.stem] = embeddings[start:start + len(clip)]
-        start += len(clip)
-    return out
+        for clip in _decoded_ahead(pool, lambda p: read_frames(p, num_frames), paths, max(1, workers)):
+            lengths.append(len(clip))
+            pending.extend(Image.fromarray(frame) for frame in clip)
+            encode(final=False)
+    encode(final=True)
+    embeddings = l2_normalize(torch.cat(encoded)) if encoded else torch.empty(0, encoder.embed_dim)
+    return dict(zip((p.stem for p in paths), embeddings.split(lengths)))
+
+
+def _decoded_ahead(pool, decode: Callable, items: Sequence, ahead: int):
+    """``decode(item)`` for each item in order, with at most ``ahead`` decodes running or waiting."""
+    futures: deque = deque()
+    for item in items:
+        futures.append(pool.submit(decode, item))
+        if len(futures) > ahead:
+            yield futures.popleft().result()
+    while futures:
+        yield futures.popleft().result()
 
 
 def extract_videos(videos: str | Path, out_dir: str | Path, encoder, num_frames: int, batch_size: int = 64,

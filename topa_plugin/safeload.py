@@ -3,7 +3,11 @@
 The release ships `checkpoint_N.pth` (torch.save zip), Meta's `consolidated.*.pth`
 and `memory.pkl` (a plain `pickle.dump` of a tensor). Plain unpickling runs
 arbitrary code, so every file goes through an allow-list: tensors, storages,
-numpy arrays, builtin containers, OrderedDict and argparse.Namespace.
+numpy arrays, builtin containers, OrderedDict and argparse.Namespace. An allow-list of globals
+is not enough on its own: pickle's BUILD sets attributes on whatever object it is given, so a
+file could rewrite an allowed class or function (argparse.Namespace, torch's rebuild functions)
+for the rest of the process. Plain pickles therefore go through the pure-Python unpickler with
+BUILD restricted to instances of the allowed data types, as torch's weights_only loader does.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import functools
 import io
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -46,7 +52,8 @@ def load_release_pickle(path: str | Path, *, mmap: bool = False):
             return _RestrictedUnpickler(f).load()  # safe: find_class allow-list below
         except UnsafePickleError as err:
             raise UnsafePickleError(f"{path}: {err}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError) as err:
+        except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, TypeError, IndexError,
+                KeyError, AttributeError, struct.error) as err:  # the pure-Python unpickler's ways to fail
             raise pickle.UnpicklingError(f"{path}: not a readable pickle ({err})") from err
 
 
@@ -85,9 +92,9 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     allowed = {
         ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor_v3"): torch._utils._rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("torch._utils", "_rebuild_tensor_v2"): _without_hooks(torch._utils._rebuild_tensor_v2, 5),
+        ("torch._utils", "_rebuild_tensor_v3"): _without_hooks(torch._utils._rebuild_tensor_v3, 5),
+        ("torch._utils", "_rebuild_parameter"): _without_hooks(torch._utils._rebuild_parameter, 2),
         ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("argparse", "Namespace"): argparse.Namespace,
@@ -103,14 +110,30 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
+def _without_hooks(rebuild, hooks_position: int):
+    """torch always saves an empty hook dict; a non-empty one would call allow-listed globals on backward."""
+
+    @functools.wraps(rebuild)
+    def checked(*args):
+        if len(args) > hooks_position and args[hooks_position]:
+            raise UnsafePickleError(f"refusing a tensor with backward hooks {args[hooks_position]!r}")
+        return rebuild(*args)
+
+    return checked
+
+
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     if encoding != "latin1":
         raise UnsafePickleError(f"refusing _codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only allow-listed globals (plus torch dtypes); everything else is refused."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only allow-listed globals (plus torch dtypes) and BUILDs only instances of the
+    allowed data types; everything else is refused. Pure Python because the C unpickler cannot
+    restrict BUILD; release pickles are a few large byte strings, so this costs little."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         found = _allowed_globals().get((module, name))
@@ -122,3 +145,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"refusing persistent id {pid!r} in a plain pickle")
+
+    def load_build(self):
+        target = self.stack[-2] if len(self.stack) > 1 else None
+        if not isinstance(target, _buildable_types()):
+            what = getattr(target, "__qualname__", type(target).__qualname__)
+            raise UnsafePickleError(f"refusing to set the state of {getattr(target, '__module__', '?')}.{what}")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+@functools.cache
+def _buildable_types() -> tuple[type, ...]:
+    import numpy as np
+
+    return (argparse.Namespace, collections.OrderedDict, np.ndarray, np.dtype)

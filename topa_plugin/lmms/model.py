@@ -178,8 +178,8 @@ class Topa(lmms):
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """(mean NLL, is_greedy) per request, lower is better.
 
-        Requests of one doc with several continuations are the options of a multiple-choice
-        question (``idx`` = option index): all are scored together under the TOPA
+        Requests of one doc and context with several continuations are the options of a
+        multiple-choice question (``idx`` = option index): all are scored together under the TOPA
         multiple-choice template with ``ctx`` as the question. A single continuation is scored
         under the open-ended template. Results are wrapped in ``GenerationResult`` because
         lmms-eval 0.7.3 turns bare tuples into strings. (Its ``--use_cache`` response cache cannot
@@ -190,11 +190,11 @@ class Topa(lmms):
             if len(request.args) < 6:
                 raise TopaRequestError(f"task {request.task_name!r} doc {request.doc_id}: loglikelihood request without a video (args {request.args!r}); TOPA cannot score it")
             ctx, _, doc_to_visual, doc_id, task, split = request.args[:6]
-            groups.setdefault((task, split, doc_id), []).append((position, request))
+            groups.setdefault((task, split, doc_id, ctx), []).append((position, request))
         results: list = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="topa loglikelihood")
-        for (task, split, doc_id), members in groups.items():
-            ctx, _, doc_to_visual = members[0][1].args[:3]
+        for (task, split, doc_id, ctx), members in groups.items():
+            doc_to_visual = members[0][1].args[2]
             doc = self.task_dict[task][split][doc_id]
             continuations = {}
             for _, request in members:

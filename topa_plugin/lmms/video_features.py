@@ -8,6 +8,7 @@ identity and the sampling -- never the path, so renamed or replaced files cannot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -25,8 +26,23 @@ class FeatureFileError(ValueError):
     """A precomputed or cached feature file that cannot be used; names the file."""
 
 
+def content_digest(video_path: str | Path) -> str:
+    """sha256 of the file, hashed once per process while its size, mtime and inode stay the same.
+
+    Hashing a 1 GB video takes about a second; every task of a run (both EgoSchema variants,
+    each of a doc's requests) asks again, so the digest is remembered, but only for this process:
+    a memo kept on disk would trust mtimes across copies and restores, which is how caches go stale."""
+    stat = os.stat(video_path)
+    return _digest(str(Path(video_path).resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(path: str, *_stat) -> str:
+    return file_sha256(path)
+
+
 def cache_key(video_path: str | Path, encoder_identity: str, num_frames: int) -> str:
-    parts = [CACHE_FORMAT, file_sha256(video_path), encoder_identity, f"uniform:{num_frames}"]
+    parts = [CACHE_FORMAT, content_digest(video_path), encoder_identity, f"uniform:{num_frames}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
