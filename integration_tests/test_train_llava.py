@@ -187,6 +187,23 @@ def test_bad_record_fails_fast_through_the_entry_point(tmp_path, responsive_llm,
     assert not (tmp_path / "out").exists()
 
 
+def test_overlong_answers_fail_before_the_model_loads(tmp_path, monkeypatch, responsive_llm, textvid_features):
+    """A record whose answer --max_seq_len cuts off stops the run at start, not hours into training."""
+    import topa_plugin.train as train_module
+    from topa_plugin.data import DataError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the length check")
+
+    monkeypatch.setattr(train_module, "build_model", no_model)
+    argv = flags(tmp_path / "out", responsive_llm, textvid_features)
+    argv[argv.index("--max_seq_len") + 1] = "60"
+    with pytest.raises(DataError) as err:
+        train_main(argv)
+    assert f"{sample_path()}: record 0 (id " in str(err.value) and "max_seq_len=60" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_finetune_with_lora_on_video_features(tmp_path, llava_run, clip_flags):
     _, pretrained = llava_run
     for i in range(2):

@@ -172,12 +172,70 @@ def test_noise_injection_changes_features_and_keeps_unit_norm(processor, textvid
     assert torch.allclose(b[rows].norm(dim=-1), torch.ones(int(rows.sum())), atol=1e-5)
 
 
-def test_truncated_answer_fails_fast_naming_the_record(processor, textvid_store):
-    ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=24, seed=0)
+def test_truncated_answer_still_fails_per_sample_without_the_length_check(processor, textvid_store):
+    """The backstop behind the construction-time check (e.g. a reordered option list a token longer)."""
+    ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=24, seed=0, check_lengths=False)
     with pytest.raises(DataError) as err:
         ds[3]
     message = str(err.value)
     assert str(sample_path()) in message and "record 3" in message and "max_seq_len=24" in message
+
+
+def answer_start(prompt) -> int:
+    return next(i for i, label in enumerate(prompt.labels) if label != IGNORE_INDEX)
+
+
+def overlong_qas(processor, records, max_seq_len) -> set[tuple[int, int]]:
+    """(record, QA) pairs whose multiple-choice or open-ended prompt starts its answer at or past max_seq_len."""
+    bad = set()
+    for r, record in enumerate(records):
+        for q, qa in enumerate(record.qas):
+            prompts = [processor.encode_multiple_choice(qa.question, qa.options, qa.answer_index)]
+            if qa.answer_open_ended and not any(w in qa.answer_text.lower() for w in ("both", "all")):
+                prompts.append(processor.encode_open_ended(qa.question, qa.answer_open_ended))
+            if any(answer_start(p) >= max_seq_len for p in prompts):
+                bad.add((r, q))
+    return bad
+
+
+def test_overlong_answers_are_all_reported_at_construction(processor, records, textvid_store):
+    """A prompt whose answer max_seq_len cuts off stops the run before training, listing every such QA."""
+    bad = overlong_qas(processor, records, 175)
+    assert 0 < len(bad) < sum(len(r.qas) for r in records)  # the sample straddles 175 tokens
+    with pytest.raises(DataError) as err:
+        TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=175)
+    message = str(err.value)
+    assert "max_seq_len=175" in message and "--overlong skip" in message
+    reported = set()
+    for line in message.splitlines()[1:]:
+        head = line.split(": QAs[")[0]
+        r = int(head.rsplit("record ", 1)[1].split(" ")[0])
+        assert line.startswith(f"{sample_path()}: record {r} (id {records[r].idx!r}): QAs[")
+        reported.add((r, int(line.split(": QAs[")[1].split("]")[0])))
+    assert reported == bad
+
+
+def test_overlong_skip_leaves_out_only_the_reported_qas_and_says_so(processor, records, textvid_store, caplog):
+    bad = overlong_qas(processor, records, 155)
+    with caplog.at_level("WARNING", logger="topa_plugin.data"):
+        ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=155, overlong="skip")
+    usable = {r: [q for q in range(len(rec.qas)) if (r, q) not in bad] for r, rec in enumerate(records)}
+    kept = [r for r in range(len(records)) if usable[r]]
+    assert len(kept) < len(records)  # some record loses every QA: the positions below must shift
+    assert [rec.idx for rec in ds.records] == [records[r].idx for r in kept]
+    assert f"{len(bad)} QA(s) and {len(records) - len(kept)} record(s)" in caplog.text
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for index in range(len(ds)):
+            sample = ds[index]  # the backstop would raise for a skipped QA
+            assert supervised(sample).any() and len(sample["input_ids"]) <= 155
+    # messages keep naming the record's position in the file
+    assert ds._where(len(ds) - 1).startswith(f"{sample_path()}: record {kept[-1]} ")
+
+
+def test_overlong_policy_is_checked(processor, textvid_store):
+    with pytest.raises(ValueError, match="overlong='drop'"):
+        TextVidDataset(sample_path(), textvid_store, processor, overlong="drop")
 
 
 def test_bad_record_fails_fast_naming_file_record_and_field(processor, tmp_path, textvid_store):
@@ -288,3 +346,19 @@ def test_video_qa_dataset_samples_and_segments(processor, tmp_path):
     assert video[:9].argmax(dim=-1).tolist() == [r % DIM for r in range(6, 15)] and not video[9].any()
     whole = VideoQADataset(tmp_path / "qa.jsonl", store, processor, max_seq_len=512)[0]["video_features"]
     assert whole.argmax(dim=-1).tolist() == [(j * 40 // 10) % DIM for j in range(10)]
+
+
+def test_video_qa_overlong_questions_fail_at_construction_or_are_skipped(processor, tmp_path, caplog):
+    store = write_store(tmp_path / "videos", {"v1": random_frames(4, 0), "v2": random_frames(4, 1)})
+    long_question = "what does the person do " + "after that " * 40
+    rows = [nextqa_row("v1", 0), {**nextqa_row("v2", 1), "question": long_question}]
+    path = write_csv(tmp_path / "train.csv", rows)
+    limit = answer_start(processor.encode_multiple_choice(rows[0]["question"], OPTIONS, 0)) + 5
+    with pytest.raises(DataError) as err:
+        VideoQADataset(path, store, processor, max_seq_len=limit)
+    assert f"{path}: record 1 (video 'v2'): question as multiple_choice" in str(err.value)
+    assert "record 0" not in str(err.value)
+    with caplog.at_level("WARNING", logger="topa_plugin.data"):
+        ds = VideoQADataset(path, store, processor, max_seq_len=limit, overlong="skip")
+    assert [it.video_id for it in ds.items] == ["v1"] and "1 row(s)" in caplog.text
+    assert supervised(ds[0]).any()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import sentencepiece as spm
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 
 from topa_plugin.prompts import IGNORE_INDEX, TopaProcessor
 
@@ -99,6 +103,24 @@ def test_open_ended_layout_labels_and_generation_prefix(processor, sp):
     context = processor.encode_open_ended("what is he holding")
     assert prompt.input_ids[: len(context.input_ids)] == context.input_ids
     assert prompt.video_start == context.video_start == 1 + len(sp.encode(OPEN_HEAD))
+
+
+def test_loading_from_a_plugin_directory_logs_no_model_type_warning(processor, toy_llama_dir, tmp_path):
+    """AutoTokenizer reads the directory's TOPA config.json: in a fresh interpreter (where nothing
+    registered "topa" with AutoConfig yet) that used to log a model-type mismatch warning."""
+    from topa_plugin.configuration import TopaConfig
+
+    TopaConfig(text_config=AutoConfig.from_pretrained(toy_llama_dir).to_dict()).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    code = (
+        "import sys\nfrom topa_plugin.prompts import TopaProcessor\n"
+        "print(TopaProcessor.from_pretrained(sys.argv[1]).newline_id)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(processor.newline_id)]
+    assert "to instantiate a model of type" not in done.stderr
 
 
 def test_save_and_load_keep_settings(processor, tmp_path):

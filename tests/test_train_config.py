@@ -108,6 +108,15 @@ def test_warmup_ratio_becomes_a_ratio_of_warmup_steps():
         parse_arguments(REQUIRED + ["--warmup_ratio", "0.05", "--warmup_steps", "10"])
 
 
+def test_length_check_is_on_by_default_and_overlong_policy_is_validated():
+    _, data_args, _ = parse_arguments(REQUIRED)
+    assert data_args.check_lengths is True and data_args.overlong == "error"
+    _, data_args, _ = parse_arguments(REQUIRED + ["--overlong", "skip", "--check_lengths", "False"])
+    assert data_args.overlong == "skip" and data_args.check_lengths is False
+    with pytest.raises(SystemExit):
+        parse_arguments(REQUIRED + ["--overlong", "truncate"])
+
+
 def test_missing_inputs_are_rejected():
     with pytest.raises(SystemExit):
         parse_arguments(["--model_name_or_path", "llm", "--use_cpu", "True"])

@@ -16,8 +16,13 @@ a sample does not depend on data-loader workers or on when the loader prefetched
 resumed from a checkpoint sees the same samples as an uninterrupted one. ``set_epoch`` is called
 at each epoch start (``topa_plugin.train`` registers a callback for it).
 
-Unlike the release, nothing is skipped or substituted: a bad record, a missing feature entry or a
-sample whose answer tokens were truncated away raises an error naming file, record and field.
+Unlike the release, nothing is skipped or substituted silently: a bad record, a missing feature
+entry or a sample whose answer tokens were truncated away raises an error naming file, record and
+field. Answers cut off by ``max_seq_len`` are found before training starts (``check_lengths``): every
+prompt a record can produce is encoded once at construction, so a bad record costs seconds, not a
+day of training. ``overlong="skip"`` instead leaves those QAs (and records) out of the draw and logs
+how many; the per-sample check in ``make_sample`` stays as the backstop (answer balancing can
+reorder options, which may change a prompt's length by a token).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .bridge import l2_normalize, noise_injection, sample_frames
 from .prompts import IGNORE_INDEX, TopaPrompt
@@ -43,6 +49,8 @@ MULTIPLE_CHOICE, SUMMARY, OPEN_ENDED = "multiple_choice", "summary", "open_ended
 KEEP_ORDER_WORDS = ("both", "all", "none", "and")
 NO_OPEN_ENDED_WORDS = ("both", "all")
 LAYOUTS = ("auto", "nextqa", "star", "tvqa", "generic")
+OVERLONG_POLICIES = ("error", "skip")
+SHOWN_PROBLEMS = 50
 
 
 class DataError(ValueError):
@@ -59,12 +67,16 @@ def balance_options(options: Sequence[str], answer: int, rng: random.Random) -> 
     return options, options.index(text)
 
 
+def open_ended_allowed(open_answer: str | None, answer_text: str) -> bool:
+    """The release trains open-ended QA only when there is an open answer and the option says neither "both" nor "all"."""
+    return open_answer is not None and not any(w in answer_text.lower() for w in NO_OPEN_ENDED_WORDS)
+
+
 def choose_task(open_answer: str | None, answer_text: str, rng: random.Random) -> str:
     """The release's mix: MC with p=0.5; else open-ended QA with p=0.5 when allowed; else summary."""
     if rng.random() < 0.5:
         return MULTIPLE_CHOICE
-    open_allowed = open_answer is not None and not any(w in answer_text.lower() for w in NO_OPEN_ENDED_WORDS)
-    if open_allowed and rng.random() < 0.5:
+    if open_ended_allowed(open_answer, answer_text) and rng.random() < 0.5:
         return OPEN_ENDED
     return SUMMARY
 
@@ -90,22 +102,53 @@ class _VisitRandomness:
         return random.Random(f"{self.seed}/{self.epoch}/{index}")
 
 
+def truncation_problem(prompt: TopaPrompt, max_seq_len: int) -> str | None:
+    """Why truncating ``prompt`` to ``max_seq_len`` leaves no supervised token, or None when some remain."""
+    first = next((i for i, label in enumerate(prompt.labels) if label != IGNORE_INDEX), None)
+    if first is None:
+        return "no supervised token (the prompt has no answer tokens)"
+    if first >= max_seq_len:
+        return (f"no supervised token left after truncation to max_seq_len={max_seq_len} (the answer starts at "
+                f"token {first} of {len(prompt.input_ids)}, raise --max_seq_len or use --overlong skip)")
+    return None
+
+
 def make_sample(prompt: TopaPrompt, video: torch.Tensor, max_seq_len: int, where: str) -> dict[str, Any]:
     """Truncate to ``max_seq_len`` like the release and insist on at least one supervised token."""
-    n_tokens = len(prompt.input_ids)
-    input_ids = prompt.input_ids[:max_seq_len]
-    labels = prompt.labels[:max_seq_len]
-    if not any(label != IGNORE_INDEX for label in labels):
-        supervised = [i for i, label in enumerate(prompt.labels) if label != IGNORE_INDEX]
-        detail = (f"the answer starts at token {supervised[0]} of {n_tokens}, raise --max_seq_len"
-                  if supervised else "the prompt has no answer tokens")
-        raise DataError(f"{where}: no supervised token left after truncation to max_seq_len={max_seq_len} ({detail})")
+    problem = truncation_problem(prompt, max_seq_len)
+    if problem:
+        raise DataError(f"{where}: {problem}")
     return {
-        "input_ids": torch.tensor(input_ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
+        "input_ids": torch.tensor(prompt.input_ids[:max_seq_len], dtype=torch.long),
+        "labels": torch.tensor(prompt.labels[:max_seq_len], dtype=torch.long),
         "video_features": video,
         "video_start": prompt.video_start,
     }
+
+
+def check_policy(overlong: str) -> str:
+    if overlong not in OVERLONG_POLICIES:
+        raise ValueError(f"overlong={overlong!r}: expected one of {', '.join(OVERLONG_POLICIES)}")
+    return overlong
+
+
+def report_overlong(problems: Sequence[str], overlong: str, max_seq_len: int, what: str) -> None:
+    """Raise (``error``) or log (``skip``) every prompt whose answer ``max_seq_len`` cuts off; never silent."""
+    if not problems:
+        return
+    listing = "\n".join(problems[:SHOWN_PROBLEMS])
+    if len(problems) > SHOWN_PROBLEMS:
+        listing += f"\n... and {len(problems) - SHOWN_PROBLEMS} more"
+    if overlong == "error":
+        raise DataError(f"{len(problems)} prompt(s) lose their whole answer at max_seq_len={max_seq_len} (raise "
+                        f"--max_seq_len, or --overlong skip to leave them out):\n{listing}")
+    logger.warning("--overlong skip: leaving out %s; %d prompt(s) lose their whole answer at max_seq_len=%d:\n%s",
+                   what, len(problems), max_seq_len, listing)
+
+
+def length_scan(items: Sequence[Any], desc: str):
+    """Progress over a construction-time length check (shown only when it takes noticeable time)."""
+    return tqdm(items, desc=desc, unit="rec", disable=len(items) < 20000, mininterval=5)
 
 
 class _FeatureSource:
@@ -135,7 +178,8 @@ class TextVidDataset(_VisitRandomness, Dataset):
     """TextVid records + their fused textual frame features -> TOPA training samples."""
 
     def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, max_seq_len: int = 150,
-                 answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0):
+                 answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0,
+                 check_lengths: bool = True, overlong: str = "error"):
         from .textvid.records import read_textvid
 
         self.data_path = str(data_path)
@@ -146,6 +190,45 @@ class TextVidDataset(_VisitRandomness, Dataset):
         self.noise_variance = noise_variance
         self.seed, self.epoch = seed, 0
         self.features = _FeatureSource(feature_folder, [r.idx for r in self.records], self.data_path, "idx")
+        self.positions: list[int] | None = None  # record positions in the file, once records were left out
+        self.usable_qas: dict[int, list[int]] = {}  # dataset index -> QAs to draw from, once some were left out
+        if check_lengths:
+            self._check_lengths(check_policy(overlong))
+
+    def _prompts(self, record):
+        """Every prompt a visit of ``record`` can produce (options in the file's order): (QA index, task, prompt)."""
+        yield None, SUMMARY, self.processor.encode_summary(record.global_video_caption)
+        for q, qa in enumerate(record.qas):
+            yield q, MULTIPLE_CHOICE, self.processor.encode_multiple_choice(qa.question, qa.options, qa.answer_index)
+            if open_ended_allowed(qa.answer_open_ended, qa.answer_text):
+                yield q, OPEN_ENDED, self.processor.encode_open_ended(qa.question, qa.answer_open_ended)
+
+    def _check_lengths(self, overlong: str) -> None:
+        """Encode every prompt once, before any model loads; report all whose answer ``max_seq_len`` cuts off."""
+        problems, kept, positions, usable_qas, skipped_qas = [], [], [], {}, 0
+        for index, record in enumerate(length_scan(self.records, f"checking prompt lengths in {self.data_path}")):
+            bad_qas, summary_ok = set(), True
+            for q, task, prompt in self._prompts(record):
+                problem = truncation_problem(prompt, self.max_seq_len)
+                if problem:
+                    field = "global_video_caption" if q is None else f"QAs[{q}]"
+                    problems.append(f"{self._where(index)}: {field} as {task}: {problem}")
+                    summary_ok = summary_ok and q is not None
+                    bad_qas.add(q)
+            good_qas = [q for q in range(len(record.qas)) if q not in bad_qas]
+            skipped_qas += len(record.qas) - len(good_qas)
+            if summary_ok and good_qas:
+                if bad_qas:
+                    usable_qas[len(kept)] = good_qas
+                kept.append(record)
+                positions.append(index)
+        dropped = len(self.records) - len(kept)
+        report_overlong(problems, overlong, self.max_seq_len,
+                        f"{skipped_qas} QA(s) and {dropped} record(s) (no usable QA or summary left) of {self.data_path}")
+        if problems:
+            self.records, self.positions, self.usable_qas = kept, positions, usable_qas
+            if not kept:
+                raise DataError(f"{self.data_path}: --overlong skip left no record at max_seq_len={self.max_seq_len}")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -155,7 +238,8 @@ class TextVidDataset(_VisitRandomness, Dataset):
         return self.features.dim
 
     def _where(self, index: int) -> str:
-        return f"{self.data_path}: record {index} (id {self.records[index].idx!r})"
+        position = index if self.positions is None else self.positions[index]
+        return f"{self.data_path}: record {position} (id {self.records[index].idx!r})"
 
     def _video(self, index: int, rng: random.Random) -> torch.Tensor:
         record = self.records[index]
@@ -169,7 +253,8 @@ class TextVidDataset(_VisitRandomness, Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         rng = self.visit_rng(index)
-        qa_index = rng.randrange(len(record.qas))
+        usable = self.usable_qas.get(index)
+        qa_index = rng.randrange(len(record.qas)) if usable is None else usable[rng.randrange(len(usable))]
         qa = record.qas[qa_index]
         task = choose_task(qa.answer_open_ended, qa.answer_text, rng)
         if task == MULTIPLE_CHOICE:
@@ -337,7 +422,7 @@ class VideoQADataset(_VisitRandomness, Dataset):
 
     def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, layout: str = "auto",
                  max_seq_len: int = 128, answer_balance: bool = False, feature_fps: float | None = None,
-                 seed: int = 0):
+                 seed: int = 0, check_lengths: bool = True, overlong: str = "error"):
         self.data_path = str(data_path)
         self.items = read_video_qa(data_path, layout)
         self.processor = processor
@@ -348,6 +433,29 @@ class VideoQADataset(_VisitRandomness, Dataset):
         self.features = _FeatureSource(feature_folder, [it.video_id for it in self.items], self.data_path, "video")
         if feature_fps is None and any(it.start is not None for it in self.items):
             logger.warning("%s has time segments but no feature_fps was given: using whole-video features", data_path)
+        self.positions: list[int] | None = None  # row positions in the file, once rows were left out
+        if check_lengths:
+            self._check_lengths(check_policy(overlong))
+
+    def _check_lengths(self, overlong: str) -> None:
+        """Encode every question once (options in the file's order); report all whose answer gets cut off."""
+        problems, kept = [], []
+        for index, item in enumerate(length_scan(self.items, f"checking prompt lengths in {self.data_path}")):
+            problem = truncation_problem(
+                self.processor.encode_multiple_choice(item.question, item.options, item.answer), self.max_seq_len)
+            if problem:
+                problems.append(f"{self._where(index)}: question as {MULTIPLE_CHOICE}: {problem}")
+            else:
+                kept.append(index)
+        report_overlong(problems, overlong, self.max_seq_len, f"{len(problems)} row(s) of {self.data_path}")
+        if problems:
+            self.items, self.positions = [self.items[i] for i in kept], kept
+            if not kept:
+                raise DataError(f"{self.data_path}: --overlong skip left no row at max_seq_len={self.max_seq_len}")
+
+    def _where(self, index: int) -> str:
+        position = index if self.positions is None else self.positions[index]
+        return f"{self.data_path}: record {position} (video {self.items[index].video_id!r})"
 
     def __len__(self) -> int:
         return len(self.items)
@@ -364,7 +472,7 @@ class VideoQADataset(_VisitRandomness, Dataset):
             last = int((round(item.end) + 1) * self.feature_fps)
             features = features[first:last]
             if features.shape[0] == 0:
-                raise DataError(f"{self.data_path}: record {index} (video {item.video_id!r}): start/end: segment "
+                raise DataError(f"{self._where(index)}: start/end: segment "
                                 f"{item.start}-{item.end}s is outside the video's features at {self.feature_fps} fps")
         return prepare_frames(features, self.processor.max_feats)
 
@@ -374,8 +482,7 @@ class VideoQADataset(_VisitRandomness, Dataset):
         if self.answer_balance:
             options, answer = balance_options(options, answer, self.visit_rng(index))
         prompt = self.processor.encode_multiple_choice(item.question, options, answer)
-        where = f"{self.data_path}: record {index} (video {item.video_id!r})"
-        return make_sample(prompt, self._video(index), self.max_seq_len, where)
+        return make_sample(prompt, self._video(index), self.max_seq_len, self._where(index))
 
 
 # ---------------------------------------------------------------- batching

@@ -154,8 +154,16 @@ class TopaProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> TopaProcessor:
-        """Load the tokenizer of a local directory (never downloads) and its saved settings."""
+        """Load the tokenizer of a local directory (never downloads) and its saved settings.
+
+        AutoTokenizer reads ``config.json`` first; in a plugin directory that is a TOPA config,
+        and if "topa" is not registered with AutoConfig yet (nothing imported
+        ``topa_plugin.configuration``) it falls back to a bare config and logs a model-type
+        mismatch warning. Importing the module registers it.
+        """
         from transformers import AutoTokenizer
+
+        from . import configuration  # noqa: F401 (registers the "topa" model type)
 
         directory = Path(directory)
         settings_path = directory / PROCESSOR_FILE

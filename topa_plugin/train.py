@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from .data import OVERLONG_POLICIES
 from .llava_compat import BACKENDS, default_backend, trainer_base
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class DataArguments:
     feature_folder: str | None = field(default=None, metadata={"help": "Output folder of `topa features textvid|videos`."})
     task: str = field(default="pretrain", metadata={"help": "pretrain (TextVid task mix) or finetune (video QA).", "choices": TASKS})
     max_seq_len: int = field(default=150, metadata={"help": "Prompt tokens kept per sample (the release truncates)."})
+    check_lengths: bool = field(default=True, metadata={"help": "Before training, encode every prompt a record can "
+                                "produce and report all whose answer --max_seq_len cuts off."})
+    overlong: str = field(default="error", metadata={"help": "Prompts whose answer --max_seq_len cuts off: error "
+                          "(list them all and stop) or skip (leave them out, logged).", "choices": OVERLONG_POLICIES})
     answer_balance: bool = field(default=False, metadata={"help": "Shuffle multiple-choice options (release rule)."})
     noise_variance: float = field(default=0.0, metadata={"help": "Noise injection variance for TextVid features."})
     layout: str = field(default="auto", metadata={"help": "Video-QA column layout: auto, nextqa, star, tvqa, generic."})
@@ -183,13 +188,13 @@ def build_processor(model_args: ModelArguments):
 def build_dataset(data_args: DataArguments, processor, seed: int = 0):
     from .data import TextVidDataset, VideoQADataset
 
+    common = {"max_seq_len": data_args.max_seq_len, "answer_balance": data_args.answer_balance, "seed": seed,
+              "check_lengths": data_args.check_lengths, "overlong": data_args.overlong}
     if data_args.task == "pretrain":
         return TextVidDataset(data_args.data_path, data_args.feature_folder, processor,
-                              max_seq_len=data_args.max_seq_len, answer_balance=data_args.answer_balance,
-                              noise_variance=data_args.noise_variance, seed=seed)
+                              noise_variance=data_args.noise_variance, **common)
     return VideoQADataset(data_args.data_path, data_args.feature_folder, processor, layout=data_args.layout,
-                          max_seq_len=data_args.max_seq_len, answer_balance=data_args.answer_balance,
-                          feature_fps=data_args.feature_fps, seed=seed)
+                          feature_fps=data_args.feature_fps, **common)
 
 
 def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: torch.dtype):
