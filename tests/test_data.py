@@ -20,7 +20,7 @@ from topa_plugin.data import (
     TopaCollator,
     VideoQADataset,
     balance_options,
-    choose_task,
+    caption_slot_task,
     read_video_qa,
 )
 from topa_plugin.features import write_sharded
@@ -87,18 +87,31 @@ def test_balance_keeps_order_when_the_answer_text_contains_a_release_keyword(ans
     assert balance_options(options, 4, random.Random(0)) == (options, 4)
 
 
-def test_task_mix_follows_the_release_probabilities():
+def test_caption_slot_follows_the_release_probabilities():
     rng = random.Random(0)
     n = 8000
-    mix = collections.Counter(choose_task("they cut it", "cut the onion", rng) for _ in range(n))
-    assert abs(mix[MULTIPLE_CHOICE] / n - 0.5) < 0.03
-    assert abs(mix[OPEN_ENDED] / n - 0.25) < 0.03
-    assert abs(mix[SUMMARY] / n - 0.25) < 0.03
-    no_open = collections.Counter(choose_task(None, "cut the onion", rng) for _ in range(n))
-    assert set(no_open) == {MULTIPLE_CHOICE, SUMMARY} and abs(no_open[SUMMARY] / n - 0.5) < 0.03
+    mix = collections.Counter(caption_slot_task("they cut it", "cut the onion", rng) for _ in range(n))
+    assert abs(mix[OPEN_ENDED] / n - 0.5) < 0.03 and abs(mix[SUMMARY] / n - 0.5) < 0.03
+    assert set(caption_slot_task(None, "cut the onion", rng) for _ in range(100)) == {SUMMARY}
     # The release skips open-ended QA when the correct option says "both"/"all".
-    both = collections.Counter(choose_task("they cut it", "both of them", rng) for _ in range(n))
-    assert OPEN_ENDED not in both
+    assert set(caption_slot_task("they cut it", "both of them", rng) for _ in range(100)) == {SUMMARY}
+
+
+def test_each_batch_is_one_task_chosen_by_a_fair_per_visit_coin(processor, textvid_store):
+    """The release flips one multiple-choice/caption coin per step: a batch never mixes them."""
+    ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, seed=0)
+    collate = TopaCollator(pad_token_id=processor.eos_id)
+    coins = []
+    for start in range(0, len(ds), 6):
+        items = [ds[i] for i in range(start, min(start + 6, len(ds)))]
+        coins += [item["task_coin"] for item in items]
+        batch = collate(items)
+        texts = [processor.decode(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        kinds = {"Choose the correct answer" in t for t in texts}
+        assert kinds == {items[0]["task_coin"]}, texts
+        expected = items if items[0]["task_coin"] else [item["caption"] for item in items]
+        assert [int(m.sum()) for m in batch["attention_mask"]] == [len(e["input_ids"]) for e in expected]
+    assert 0.3 < sum(coins) / len(coins) < 0.7
 
 
 # ---------------------------------------------------------------- TextVid dataset
@@ -107,8 +120,8 @@ def test_textvid_samples_mix_tasks_and_supervise_only_answers(processor, records
     ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, answer_balance=True, seed=0)
     assert len(ds) == len(records) and ds.feature_dim == DIM
     tasks = collections.Counter()
-    for index in range(len(ds)):
-        sample = ds[index]
+
+    def check(sample, index):
         ids, labels, mask = sample["input_ids"], sample["labels"], supervised(sample)
         assert mask.any()
         first = int(mask.nonzero()[0])
@@ -131,6 +144,11 @@ def test_textvid_samples_mix_tasks_and_supervise_only_answers(processor, records
         else:
             assert "Predict the answer" in text
             tasks[OPEN_ENDED] += 1
+
+    for index in range(len(ds)):
+        item = ds[index]
+        check(item, index)
+        check(item["caption"], index)
     assert set(tasks) == {MULTIPLE_CHOICE, SUMMARY, OPEN_ENDED}
 
 

@@ -4,8 +4,8 @@ TextVid task mix (the release's ``textvid.py`` + ``engine.py``, topa-method.md s
 visit of a Tideo draws one random QA pair; with p=0.5 the sample is that QA as multiple choice,
 otherwise it fills the "caption" slot: open-ended QA with p=0.5 when the QA has an open answer
 (and, as in the release, its correct option mentions neither "both" nor "all"), else the summary.
-The release flips the multiple-choice/caption coin once per *batch*; here it is flipped per
-sample, which keeps each task's share and mixes tasks inside a batch.
+The release flips the multiple-choice/caption coin once per *step*, so a batch is all one task;
+so does ``TopaCollator``, with the coin of the batch's first item.
 
 Answer balancing shuffles the options unless the correct option's text contains "both", "all",
 "none" or "and" as substrings (the release's test; "ball" and "hand" count too): those answers
@@ -72,10 +72,8 @@ def open_ended_allowed(open_answer: str | None, answer_text: str) -> bool:
     return open_answer is not None and not any(w in answer_text.lower() for w in NO_OPEN_ENDED_WORDS)
 
 
-def choose_task(open_answer: str | None, answer_text: str, rng: random.Random) -> str:
-    """The release's mix: MC with p=0.5; else open-ended QA with p=0.5 when allowed; else summary."""
-    if rng.random() < 0.5:
-        return MULTIPLE_CHOICE
+def caption_slot_task(open_answer: str | None, answer_text: str, rng: random.Random) -> str:
+    """The release's "caption" slot: open-ended QA with p=0.5 when allowed, else the summary."""
     if open_ended_allowed(open_answer, answer_text) and rng.random() < 0.5:
         return OPEN_ENDED
     return SUMMARY
@@ -251,23 +249,35 @@ class TextVidDataset(_VisitRandomness, Dataset):
         return prepare_frames(features, self.processor.max_feats, self.noise_variance, noise)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Both of the release's candidate samples for this visit, and the visit's coin.
+
+        The release flips one coin per training step: the whole batch is multiple-choice QA
+        (p=0.5) or the caption slot. Deciding per sample would let the long summaries dominate
+        every batch's mean loss; so the item is the multiple-choice sample, with the caption-slot
+        sample under ``"caption"`` and the coin under ``"task_coin"``, and ``TopaCollator``
+        applies the first item's coin to its whole batch.
+        """
         record = self.records[index]
         rng = self.visit_rng(index)
         usable = self.usable_qas.get(index)
         qa_index = rng.randrange(len(record.qas)) if usable is None else usable[rng.randrange(len(usable))]
         qa = record.qas[qa_index]
-        task = choose_task(qa.answer_open_ended, qa.answer_text, rng)
-        if task == MULTIPLE_CHOICE:
-            options, answer = qa.options, qa.answer_index
-            if self.answer_balance:
-                options, answer = balance_options(options, answer, rng)
-            prompt = self.processor.encode_multiple_choice(qa.question, options, answer)
-        elif task == OPEN_ENDED:
-            prompt = self.processor.encode_open_ended(qa.question, qa.answer_open_ended)
+        coin = rng.random() < 0.5
+        options, answer = qa.options, qa.answer_index
+        if self.answer_balance:
+            options, answer = balance_options(options, answer, rng)
+        caption_task = caption_slot_task(qa.answer_open_ended, qa.answer_text, rng)
+        if caption_task == OPEN_ENDED:
+            caption = self.processor.encode_open_ended(qa.question, qa.answer_open_ended)
         else:
-            prompt = self.processor.encode_summary(record.global_video_caption)
-        where = f"{self._where(index)}: QAs[{qa_index}] as {task}"
-        return make_sample(prompt, self._video(index, rng), self.max_seq_len, where)
+            caption = self.processor.encode_summary(record.global_video_caption)
+        video = self._video(index, rng)
+        where = f"{self._where(index)}: QAs[{qa_index}] as"
+        sample = make_sample(self.processor.encode_multiple_choice(qa.question, options, answer), video,
+                             self.max_seq_len, f"{where} {MULTIPLE_CHOICE}")
+        sample["caption"] = make_sample(caption, video, self.max_seq_len, f"{where} {caption_task}")
+        sample["task_coin"] = coin
+        return sample
 
 
 # ---------------------------------------------------------------- video QA (finetuning)
@@ -491,6 +501,9 @@ class VideoQADataset(_VisitRandomness, Dataset):
 class TopaCollator:
     """Right-pads each batch to its own longest sample; never to a fixed length.
 
+    TextVid items carry two candidate samples; the first item's ``task_coin`` picks which one
+    the whole batch uses (see ``TextVidDataset.__getitem__``).
+
     Returns the model's inputs: ``input_ids``/``attention_mask``/``labels`` [B, L],
     ``video_features`` [B, max_feats, F] and ``video_start`` LongTensor [B] (may differ per sample).
     """
@@ -498,6 +511,8 @@ class TopaCollator:
     pad_token_id: int = 0
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if "task_coin" in samples[0]:  # TextVid: one task for the whole batch, as the release's step
+            samples = samples if samples[0]["task_coin"] else [s["caption"] for s in samples]
         longest = max(len(s["input_ids"]) for s in samples)
         batch = len(samples)
         input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
