@@ -359,3 +359,21 @@ def test_activation_checkpointing_keeps_gradients(toy_llama_dir, tmp_path):
         grads.append({name: p.grad.clone() for name, p in model.adapter.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_prompt_projections_are_reused_only_inside_an_inference_call(toy_llama_dir, tmp_path):
+    """score_choices/generate_answer project the prompts once per call; training forwards never keep them."""
+    model = build_model(toy_llama_dir, tmp_path / "base")
+    calls = []
+    k_proj = model.llm.model.layers[-1].self_attn.k_proj
+    k_proj.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[-2]))
+    features = torch.randn(7, model.config.feature_dim)
+    model.score_choices(features, "what happens next?", ["a cat", "a dog", "the red ball"])
+    prompt_projections = sum(n == model.config.adapter_len for n in calls)
+    assert prompt_projections == 1, calls  # prefix and choices forwards share one projection
+    assert model.adapter._prompt_kv is None
+    calls.clear()
+    ids = torch.arange(1, model.config.adapter_len + 3)[None]  # a length no prompt block has
+    model(ids)
+    model(ids)
+    assert sum(n == model.config.adapter_len for n in calls) == 2

@@ -42,6 +42,10 @@ class TopaAttentionState:
     video_gate: torch.Tensor
     video_start: torch.Tensor | None
     max_feats: int
+    # Per-slot prompt keys/values [1, H, P, hd] kept across the forwards of one inference call
+    # (``TopaAdapter.reuse_prompt_projections``). None: project in every layer call, which
+    # activation checkpointing needs (its recompute must redo what the forward did).
+    prompt_kv: dict | None = field(default=None, repr=False)
     # The video-bias pattern is the same in every layer of one forward: build it once.
     _pattern: dict = field(default_factory=dict, repr=False)
 
@@ -75,9 +79,15 @@ def prompt_attention(module, query: torch.Tensor, state: TopaAttentionState, slo
 
     def heads(proj):
         states = proj(prompts).view(1, prompts.shape[0], -1, head_dim).transpose(1, 2)
-        return repeat_kv(states, n_heads // states.shape[1]).expand(batch, -1, -1, -1)
+        return repeat_kv(states, n_heads // states.shape[1])
 
-    out = torch.nn.functional.scaled_dot_product_attention(query, heads(module.k_proj), heads(module.v_proj), scale=scaling)
+    kv = None if state.prompt_kv is None else state.prompt_kv.get(slot)
+    if kv is None:
+        kv = heads(module.k_proj), heads(module.v_proj)
+        if state.prompt_kv is not None:
+            state.prompt_kv[slot] = kv
+    keys, values = (t.expand(batch, -1, -1, -1) for t in kv)
+    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, scale=scaling)
     return (state.prompt_gate[slot][None, :, None, None] * out).transpose(1, 2)
 
 

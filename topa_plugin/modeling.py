@@ -8,6 +8,7 @@ trainable parameters live in ``self.adapter``; everything else is frozen.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,6 +44,20 @@ class TopaAdapter(nn.Module):
         self.gate1 = nn.Parameter(torch.zeros(config.adapter_layer, text.num_attention_heads))
         self.gate2 = nn.Parameter(torch.full((config.adapter_layer, text.num_attention_heads), config.video_bias_init))
         self.adapter_len = config.adapter_len
+        self._prompt_kv: dict | None = None
+
+    @contextmanager
+    def reuse_prompt_projections(self):
+        """Project each layer's prompts through its frozen k/v once for the whole block.
+
+        For inference calls that run several forwards with unchanged weights (prefix + choices,
+        greedy decoding): re-projecting 50 prompts in every layer costs more than a 1-token step.
+        """
+        self._prompt_kv = {}
+        try:
+            yield
+        finally:
+            self._prompt_kv = None
 
     def video_embeddings(self, video_features: torch.Tensor) -> torch.Tensor:
         """[B, max_feats, F] prepared features -> [B, max_feats, d] embeddings."""
@@ -59,6 +74,7 @@ class TopaAdapter(nn.Module):
             video_gate=self.gate2.to(dtype),
             video_start=video_start,
             max_feats=config.max_feats,
+            prompt_kv=self._prompt_kv,
         )
 
 
@@ -206,7 +222,8 @@ class TopaForCausalLM(PreTrainedModel):
         then scored from its cache in one batched forward.
         """
         if isinstance(question, str):
-            return self._score_one(video_features, question, choices, use_memory)
+            with self.adapter.reuse_prompt_projections():
+                return self._score_one(video_features, question, choices, use_memory)
         if len(video_features) != len(question) or len(choices) != len(question):
             raise ValueError(
                 f"batch sizes differ: {len(video_features)} videos, {len(question)} questions, {len(choices)} choice lists"
@@ -214,7 +231,8 @@ class TopaForCausalLM(PreTrainedModel):
         counts = {len(c) for c in choices}
         if len(counts) != 1:
             raise ValueError(f"every question needs the same number of choices for a [B, C] result, got {sorted(counts)}")
-        return torch.stack([self._score_one(v, q, c, use_memory) for v, q, c in zip(video_features, question, choices)])
+        with self.adapter.reuse_prompt_projections():
+            return torch.stack([self._score_one(v, q, c, use_memory) for v, q, c in zip(video_features, question, choices)])
 
     def _score_one(self, features, question: str, choices: list[str], use_memory: bool) -> torch.Tensor:
         processor = self._require_processor()
@@ -279,25 +297,29 @@ class TopaForCausalLM(PreTrainedModel):
             prompt = processor.encode_summary(None)
         else:
             raise ValueError(f"unknown template {template!r} (use 'open_ended' or 'summary')")
+        with self.adapter.reuse_prompt_projections():
+            generated = self._greedy(prompt, self.prepare_video(video_features, use_memory)[None], max_new_tokens, until)
+        text = processor.decode(generated)
+        for stop in until:
+            text = text.split(stop)[0]
+        return text.strip()
+
+    def _greedy(self, prompt, video: torch.Tensor, max_new_tokens: int, until) -> list[int]:
+        """Token ids after ``prompt``: greedy, KV-cached, until </s>, a stop string or the limit."""
+        processor = self._require_processor()
         device = self.llm.device
-        video = self.prepare_video(video_features, use_memory)[None]
-        ids = torch.tensor([prompt.input_ids], device=device)
-        out = self(ids, video, prompt.video_start, use_cache=True, logits_to_keep=1)
+        out = self(torch.tensor([prompt.input_ids], device=device), video, prompt.video_start, use_cache=True, logits_to_keep=1)
         generated: list[int] = []
-        text = ""
         for _ in range(max_new_tokens):
             token = int(out.logits[0, -1].argmax())
             if token == processor.eos_id:
                 break
             generated.append(token)
-            text = processor.decode(generated)
-            if any(stop in text for stop in until):
+            if until and any(stop in processor.decode(generated) for stop in until):
                 break
             step = torch.tensor([[token]], device=device)
             out = self(step, video_start=prompt.video_start, past_key_values=out.cache, use_cache=True)
-        for stop in until:
-            text = text.split(stop)[0]
-        return text.strip()
+        return generated
 
     # ----- persistence -----
     def save_pretrained(self, save_directory, save_base: bool = False) -> None:
