@@ -99,8 +99,8 @@ class TrainingArguments(transformers.TrainingArguments):
 
 # ---------------------------------------------------------------- arguments
 
-def build_parser() -> transformers.HfArgumentParser:
-    return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+def build_parser(prog: str | None = None) -> transformers.HfArgumentParser:
+    return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog=prog)
 
 
 def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -146,10 +146,10 @@ def yaml_to_argv(path: str | Path, parser: transformers.HfArgumentParser) -> lis
     return argv
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse (YAML defaults +) flags, check the combination, and apply ``--base_learning_rate``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     config, argv = _pop_config(argv)
     if config:
         argv = yaml_to_argv(config, parser) + argv
@@ -377,9 +377,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     return trainer
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m topa_plugin.train") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(*parse_arguments(argv))
+    run(*parse_arguments(argv, prog))
     return 0
 
 

@@ -8,7 +8,7 @@ import argparse
 def _run(args) -> int:
     from topa_plugin.train import main
 
-    return main(args.train_args)
+    return main(args.train_args, prog="topa train")
 
 
 def register(subparsers) -> None:
