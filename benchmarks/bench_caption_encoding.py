@@ -47,10 +47,10 @@ def synthetic_textvid(path: Path, n_records: int, seed: int = 0) -> int:
 
 
 def encoder_for(name: str, device: str, tmp: Path):
-    from topa_plugin.clip import load_clip
+    from topa_plugin.features.clip import load_clip
 
     if name == "toy":
-        from topa_plugin.toy import build_toy_clip
+        from topa_plugin.demo.toy import build_toy_clip
 
         config, weights = build_toy_clip(tmp / "clip")
         return load_clip(str(config), str(weights), device)
@@ -70,7 +70,7 @@ def bare(encoder, captions: list[str], batch_size: int) -> float:
 
 
 def pipeline(encoder, textvid: Path, out: Path, batch_size: int) -> float:
-    from topa_plugin.features import extract_textvid
+    from topa_plugin.features.extract import extract_textvid
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from topa_plugin.features import textvid_features  # noqa: F401  (import cost outside the timing)
+    from topa_plugin.features.extract import textvid_features  # noqa: F401  (import cost outside the timing)
     from topa_plugin.textvid.records import read_textvid
 
     with tempfile.TemporaryDirectory() as tmp:

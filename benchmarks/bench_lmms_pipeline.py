@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from integration_tests.lmms_fixtures import MAX_FEATS, ROWS, build_topa_checkpoint
+from tests.helpers.lmms_fixtures import MAX_FEATS, ROWS, build_topa_checkpoint
 
 
 def timed(fn, *args, **kwargs):
@@ -29,7 +29,7 @@ def timed(fn, *args, **kwargs):
 
 
 def build(root: Path, args):
-    from topa_plugin import toy
+    from topa_plugin.demo import toy
 
     toy.train_toy_tokenizer(root / "tokenizer")
     llama = toy.build_toy_llama(root / "llama", root / "tokenizer")
@@ -43,8 +43,8 @@ def build(root: Path, args):
 
 def stage_times(lm, videos, questions) -> dict[str, list[float]]:
     """Per question: each stage run alone, in pipeline order."""
-    from topa_plugin.bridge import l2_normalize
-    from topa_plugin.video import read_frames
+    from topa_plugin.features.transforms import l2_normalize
+    from topa_plugin.features.video import read_frames
 
     model, encoder = lm.model, lm.features.encoder
     times = {"decode": [], "clip": [], "projection": [], "llm": []}

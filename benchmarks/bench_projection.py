@@ -24,7 +24,7 @@ import torch
 
 def clustered_memory(rows: int, dim: int, seed: int = 0, clusters: int = 20000) -> torch.Tensor:
     """Unit rows around random centres (text features cluster by topic), built in fp16 chunks."""
-    from topa_plugin.bridge import l2_normalize
+    from topa_plugin.features.transforms import l2_normalize
 
     g = torch.Generator().manual_seed(seed)
     centres = l2_normalize(torch.randn(clusters, dim, generator=g))
@@ -50,7 +50,8 @@ def naive(frames: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
 
 
 def child(args) -> None:
-    from topa_plugin.bridge import l2_normalize, project_to_memory
+    from topa_plugin.features.transforms import l2_normalize
+    from topa_plugin.features.memory import project_to_memory
 
     torch.manual_seed(1)
     memory = clustered_memory(args.rows, args.dim)

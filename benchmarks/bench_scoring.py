@@ -54,7 +54,7 @@ def build_model(preset: str, device: str, dtype: torch.dtype, tokenizer_dir: Pat
 
     from topa_plugin.configuration import TopaConfig
     from topa_plugin.modeling import TopaForCausalLM
-    from topa_plugin.prompts import TopaProcessor
+    from topa_plugin.processing import TopaProcessor
 
     hidden, layers, heads, kv_heads, inter = PRESETS[preset]
     text_config = LlamaConfig(
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
 
-    from topa_plugin.toy import train_toy_tokenizer
+    from topa_plugin.demo.toy import train_toy_tokenizer
 
     rng = random.Random(0)
     items = [egoschema_like(rng) for _ in range(args.questions + 1)]

@@ -34,10 +34,10 @@ def build_data(work: Path, max_feats: int, max_seq_len: int):
     """Processor + TextVid dataset over random unit frame features (CLIP's width, 768)."""
     from transformers import AutoTokenizer
 
-    from topa_plugin import toy
-    from topa_plugin.data import TextVidDataset
-    from topa_plugin.features import write_sharded
-    from topa_plugin.prompts import TopaProcessor
+    from topa_plugin.demo import toy
+    from topa_plugin.training.textvid_dataset import TextVidDataset
+    from topa_plugin.features.writer import write_sharded
+    from topa_plugin.processing import TopaProcessor
     from topa_plugin.textvid import read_textvid, sample_path
 
     records = read_textvid(sample_path())
@@ -87,7 +87,7 @@ def pad_to(batch: dict, length: int, pad_id: int) -> dict:
 
 
 def time_steps(model, batches, device: str, warmup: int) -> list[float]:
-    from topa_plugin.train import decays
+    from topa_plugin.training.trainer import decays
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p)], "weight_decay": 0.1},
@@ -124,7 +124,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from topa_plugin.data import TopaCollator
+    from topa_plugin.training.collator import TopaCollator
 
     order = random.Random(0)
     n_batches = args.warmup + args.steps

@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("lmms_eval")
 
-from integration_tests.lmms_fixtures import (
+from tests.helpers.lmms_fixtures import (
     build_topa_checkpoint,
     expected_predictions,
     write_egoschema_fixture,

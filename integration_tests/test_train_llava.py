@@ -19,13 +19,14 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from topa_plugin import toy
+from topa_plugin.demo import toy
 from topa_plugin.cli import main as topa_main
-from topa_plugin.features import FeatureStore
+from topa_plugin.features.store import FeatureStore
 from topa_plugin.modeling import TopaForCausalLM
 from topa_plugin.textvid import TextVidError, read_textvid, sample_path
-from topa_plugin.train import main as train_main
-from topa_plugin.train import parse_arguments, run
+from topa_plugin.training.train import main as train_main
+from topa_plugin.training.arguments import parse_arguments
+from topa_plugin.training.train import run
 
 STEPS = 40
 
@@ -189,8 +190,8 @@ def test_bad_record_fails_fast_through_the_entry_point(tmp_path, responsive_llm,
 
 def test_overlong_answers_fail_before_the_model_loads(tmp_path, monkeypatch, responsive_llm, textvid_features):
     """A record whose answer --max_seq_len cuts off stops the run at start, not hours into training."""
-    import topa_plugin.train as train_module
-    from topa_plugin.data import DataError
+    import topa_plugin.training.train as train_module
+    from topa_plugin.training.samples import DataError
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the length check")
@@ -269,7 +270,7 @@ class LLaVAArgs(transformers.TrainingArguments):
 def test_llava_compat_trainer_runs_llavas_own_paths(tmp_path, toy_llama_dir):
     """The transformers-5 fixes on a plain Llama with an LLaVA-style projector: length-grouped
     sampler, projector lr groups, projector-only checkpoints, and the default save path."""
-    from topa_plugin.llava_compat import trainer_base
+    from topa_plugin.training.llava_compat import trainer_base
 
     for tune_projector in (False, True):
         model = transformers.AutoModelForCausalLM.from_pretrained(toy_llama_dir)

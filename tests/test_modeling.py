@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import sentencepiece as spm
 import torch
-from reference_topa import reference_logits, reference_scores, reference_video
+from tests.helpers.reference_topa import reference_logits, reference_scores, reference_video
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from topa_plugin.configuration import TopaConfig
 from topa_plugin.modeling import TopaForCausalLM
-from topa_plugin.prompts import TopaProcessor
-from topa_plugin.toy import fan_in_rescale
+from topa_plugin.processing import TopaProcessor
+from topa_plugin.demo.toy import fan_in_rescale
 
 FEATURE_DIM = 32
 MAX_FEATS = 10

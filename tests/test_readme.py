@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from topa_plugin.cli_reference import updated_readme
+from tests.helpers.cli_reference import updated_readme
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OFFLINE_BLOCK = re.compile(r"<!-- offline -->\n```(?:bash|sh)\n(.*?)```", re.S)
@@ -24,7 +24,7 @@ def offline_commands() -> list[str]:
 
 def test_cli_reference_matches_the_parser():
     text = README.read_text(encoding="utf-8")
-    assert updated_readme(text) == text, "run: python -m topa_plugin.cli_reference README.md"
+    assert updated_readme(text) == text, "run: python -m tests.helpers.cli_reference README.md"
 
 
 def test_readme_starts_with_the_demo_and_test_commands():

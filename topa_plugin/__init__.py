@@ -14,21 +14,21 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TopaConfig": "topa_plugin.configuration",
     "TopaForCausalLM": "topa_plugin.modeling",
-    "TopaProcessor": "topa_plugin.prompts",
-    "TopaPrompt": "topa_plugin.prompts",
-    "sample_frames": "topa_plugin.bridge",
-    "project_to_memory": "topa_plugin.bridge",
-    "load_memory": "topa_plugin.bridge",
-    "save_memory": "topa_plugin.bridge",
-    "load_clip": "topa_plugin.clip",
-    "read_frames": "topa_plugin.video",
-    "FeatureStore": "topa_plugin.features",
-    "extract_textvid": "topa_plugin.features",
-    "extract_videos": "topa_plugin.features",
-    "build_memory": "topa_plugin.features",
+    "TopaProcessor": "topa_plugin.processing",
+    "TopaPrompt": "topa_plugin.processing",
+    "sample_frames": "topa_plugin.features.transforms",
+    "project_to_memory": "topa_plugin.features.memory",
+    "load_memory": "topa_plugin.features.memory",
+    "save_memory": "topa_plugin.features.memory",
+    "load_clip": "topa_plugin.features.clip",
+    "read_frames": "topa_plugin.features.video",
+    "FeatureStore": "topa_plugin.features.store",
+    "extract_textvid": "topa_plugin.features.extract",
+    "extract_videos": "topa_plugin.features.extract",
+    "build_memory": "topa_plugin.features.memory",
     "sample_path": "topa_plugin.textvid",
-    "load_release_pickle": "topa_plugin.safeload",
-    "convert_official": "topa_plugin.convert",
+    "load_release_pickle": "topa_plugin.release.safeload",
+    "convert_official": "topa_plugin.release.convert",
     "TextVidRecord": "topa_plugin.textvid.records",
     "read_textvid": "topa_plugin.textvid.records",
 }
@@ -49,14 +49,16 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
-    from topa_plugin.bridge import load_memory, project_to_memory, sample_frames, save_memory
-    from topa_plugin.clip import load_clip
     from topa_plugin.configuration import TopaConfig
-    from topa_plugin.convert import convert_official
-    from topa_plugin.features import FeatureStore, build_memory, extract_textvid, extract_videos
+    from topa_plugin.features.clip import load_clip
+    from topa_plugin.features.extract import extract_textvid, extract_videos
+    from topa_plugin.features.memory import build_memory, load_memory, project_to_memory, save_memory
+    from topa_plugin.features.store import FeatureStore
+    from topa_plugin.features.transforms import sample_frames
+    from topa_plugin.features.video import read_frames
     from topa_plugin.modeling import TopaForCausalLM
-    from topa_plugin.prompts import TopaProcessor, TopaPrompt
-    from topa_plugin.safeload import load_release_pickle
+    from topa_plugin.processing import TopaProcessor, TopaPrompt
+    from topa_plugin.release.convert import convert_official
+    from topa_plugin.release.safeload import load_release_pickle
     from topa_plugin.textvid import sample_path
     from topa_plugin.textvid.records import TextVidRecord, read_textvid
-    from topa_plugin.video import read_frames

@@ -1,4 +1,4 @@
-"""The ``topa`` command line: one entry point, one subcommand module per pipeline stage."""
+"""The ``topa`` command line: one entry point; each subcommand lives in ``topa_plugin.commands``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sys
 # Each module defines ``register(subparsers)``; its subcommands set ``func(args) -> int``.
 COMMAND_MODULES = [
     "topa_plugin.commands.demo",
-    "topa_plugin.commands.lmms",
+    "topa_plugin.commands.lmms_tasks",
     "topa_plugin.commands.features",
     "topa_plugin.commands.memory",
     "topa_plugin.commands.textvid",
     "topa_plugin.commands.train",
-    "topa_plugin.commands.convert",
+    "topa_plugin.commands.convert_official",
 ]
 
 
@@ -30,8 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from topa_plugin.commands import CommandFailed
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CommandFailed as failed:
+        return int(failed.code)
 
 
 if __name__ == "__main__":

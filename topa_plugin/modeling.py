@@ -16,15 +16,15 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from . import bridge
-from .attention import TOPA_ATTENTION, TopaAttentionState
-from .configuration import TopaConfig
-from .prompts import IGNORE_INDEX, TopaProcessor
+from topa_plugin.attention import TOPA_ATTENTION, TopaAttentionState
+from topa_plugin.configuration import TopaConfig
+from topa_plugin.features import memory as memory_bank
+from topa_plugin.features.transforms import l2_normalize, sample_frames
+from topa_plugin.generation import TopaGenerationMixin
+from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
+from topa_plugin.utils.constants import BASE_DIR, MEMORY_FILE, TOKENIZER_FILES
+from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, save_adapter
 
-ADAPTER_FILE = "adapter_model.safetensors"
-MEMORY_FILE = "memory.safetensors"
-BASE_DIR = "base"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 class TopaAdapter(nn.Module):
@@ -78,8 +78,8 @@ class TopaAdapter(nn.Module):
         )
 
 
-class TopaForCausalLM(PreTrainedModel):
-    """Frozen causal LM + TOPA adapter; see CONTRACT.md "Core API"."""
+class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
+    """Frozen causal LM + TOPA adapter; zero-shot scoring and decoding come from ``TopaGenerationMixin``."""
 
     config_class = TopaConfig
     base_model_prefix = "llm"
@@ -120,7 +120,7 @@ class TopaForCausalLM(PreTrainedModel):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Trainables under the keys of ``adapter_model.safetensors`` ("adapter.*")."""
-        return {f"adapter.{name}": tensor for name, tensor in self.adapter.state_dict().items()}
+        return adapter_state_dict(self.adapter)
 
     # ----- inputs -----
     def prepare_video(self, features, use_memory: bool = True) -> torch.Tensor:
@@ -130,9 +130,9 @@ class TopaForCausalLM(PreTrainedModel):
             raise ValueError(
                 f"video features must have shape [T, {self.config.feature_dim}], got {tuple(features.shape)}"
             )
-        frames = bridge.sample_frames(bridge.l2_normalize(features), self.config.max_feats)
+        frames = sample_frames(l2_normalize(features), self.config.max_feats)
         if use_memory and self.memory is not None:
-            frames = bridge.project_to_memory(frames, self.memory, temperature=self.config.memory_temperature)
+            frames = memory_bank.project_to_memory(frames, self.memory, temperature=self.config.memory_temperature)
         return frames
 
     def _video_start(self, video_start, batch: int, device) -> torch.Tensor | None:
@@ -207,125 +207,9 @@ class TopaForCausalLM(PreTrainedModel):
             )
         return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=out.cache)
 
-    # ----- zero-shot scoring -----
-    def _require_processor(self) -> TopaProcessor:
-        if self.processor is None:
-            raise ValueError("this TopaForCausalLM has no processor; set model.processor = TopaProcessor(tokenizer)")
-        return self.processor
-
-    @torch.no_grad()
-    def score_choices(self, video_features, question, choices, use_memory: bool = True) -> torch.Tensor:
-        """Mean NLL per choice from the first token where the choices differ through </s> (argmin wins).
-
-        Single question: features [T, F], str, list[str] -> [C]. Batch: lists of each (or a
-        [B, T, F] tensor) -> [B, C]. Per question, the shared prefix runs once; all choices are
-        then scored from its cache in one batched forward.
-        """
-        if isinstance(question, str):
-            with self.adapter.reuse_prompt_projections():
-                return self._score_one(video_features, question, choices, use_memory)
-        if len(video_features) != len(question) or len(choices) != len(question):
-            raise ValueError(
-                f"batch sizes differ: {len(video_features)} videos, {len(question)} questions, {len(choices)} choice lists"
-            )
-        counts = {len(c) for c in choices}
-        if len(counts) != 1:
-            raise ValueError(f"every question needs the same number of choices for a [B, C] result, got {sorted(counts)}")
-        with self.adapter.reuse_prompt_projections():
-            return torch.stack([self._score_one(v, q, c, use_memory) for v, q, c in zip(video_features, question, choices)])
-
-    def _score_one(self, features, question: str, choices: list[str], use_memory: bool) -> torch.Tensor:
-        processor = self._require_processor()
-        if len(choices) < 2:
-            raise ValueError(f"score_choices needs at least 2 choices, got {len(choices)} for {question!r}")
-        device = self.llm.device
-        prompts = [processor.encode_multiple_choice(question, choices, answer=i) for i in range(len(choices))]
-        sequences = [p.input_ids for p in prompts]
-        differ = _first_difference(sequences)
-        video_start = prompts[0].video_start
-        if differ < video_start + self.config.max_feats:
-            raise ValueError("choices differ inside the video span; cannot share a prefix")
-        video = self.prepare_video(features, use_memory)[None]
-        n = len(choices)
-        # The shared prefix's last logits predict every choice's first differing token.
-        prefix = self(torch.tensor([sequences[0][:differ]], device=device), video, video_start, use_cache=True, logits_to_keep=1)
-        first = torch.tensor([seq[differ] for seq in sequences], device=device)
-        total = -torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)[first]
-        count = torch.ones(n, device=device)
-        # Each choice's remaining targets are predicted from its tokens differ..end-1 (the
-        # final </s> is never an input). Right padding needs no attention mask: causal
-        # attention never looks ahead to it; padded targets are masked out of the mean.
-        inputs = [seq[differ:-1] for seq in sequences]
-        width = max(map(len, inputs))
-        if width:
-            # Built on the CPU and moved once: one transfer instead of one per choice.
-            tokens = torch.full((n, width), processor.eos_id, dtype=torch.long)
-            targets = torch.full((n, width), processor.eos_id, dtype=torch.long)
-            valid = torch.zeros(n, width, dtype=torch.bool)
-            for i, (seq, row) in enumerate(zip(sequences, inputs)):
-                tokens[i, : len(row)] = torch.tensor(row)
-                targets[i, : len(row)] = torch.tensor(seq[differ + 1 :])
-                valid[i, : len(row)] = True
-            tokens, targets, valid = tokens.to(device), targets.to(device), valid.to(device)
-            cache = prefix.cache
-            cache.batch_repeat_interleave(n)
-            logits = self(tokens, video_start=video_start, past_key_values=cache).logits.float()
-            nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
-            total = total + (nll * valid).sum(-1)
-            count = count + valid.sum(-1)
-        return (total / count).cpu()
-
-    # ----- free generation -----
-    @torch.no_grad()
-    def generate_answer(
-        self,
-        video_features,
-        prompt_text: str,
-        max_new_tokens: int = 32,
-        until=(),
-        template: str = "open_ended",
-        use_memory: bool = True,
-    ) -> str:
-        """Greedy decoding with the KV cache, from the open-ended ("Question: {prompt_text}\\nAnswer:")
-        or summary ("Description:") template. ``prompt_text`` is used verbatim (callers may apply
-        ``processor.normalize_question``). Stops at </s>, ``max_new_tokens`` or any ``until`` string.
-        """
-        processor = self._require_processor()
-        if template == "open_ended":
-            prompt = processor.encode_open_ended(prompt_text, None)
-        elif template == "summary":
-            prompt = processor.encode_summary(None)
-        else:
-            raise ValueError(f"unknown template {template!r} (use 'open_ended' or 'summary')")
-        with self.adapter.reuse_prompt_projections():
-            generated = self._greedy(prompt, self.prepare_video(video_features, use_memory)[None], max_new_tokens, until)
-        text = processor.decode(generated)
-        for stop in until:
-            text = text.split(stop)[0]
-        return text.strip()
-
-    def _greedy(self, prompt, video: torch.Tensor, max_new_tokens: int, until) -> list[int]:
-        """Token ids after ``prompt``: greedy, KV-cached, until </s>, a stop string or the limit."""
-        processor = self._require_processor()
-        device = self.llm.device
-        out = self(torch.tensor([prompt.input_ids], device=device), video, prompt.video_start, use_cache=True, logits_to_keep=1)
-        generated: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
-            if token == processor.eos_id:
-                break
-            generated.append(token)
-            if until and any(stop in processor.decode(generated) for stop in until):
-                break
-            step = torch.tensor([[token]], device=device)
-            out = self(step, video_start=prompt.video_start, past_key_values=out.cache, use_cache=True)
-        return generated
-
     # ----- persistence -----
     def save_pretrained(self, save_directory, save_base: bool = False) -> None:
         """config.json + trainables (+ fp16 memory, tokenizer files, and base/ LLM weights if ``save_base``)."""
-        from safetensors.torch import save_file
-
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = copy.deepcopy(self.config)
@@ -335,10 +219,9 @@ class TopaForCausalLM(PreTrainedModel):
         elif not config.base_model_name_or_path:
             raise ValueError("config.base_model_name_or_path is not set: set it or save with save_base=True")
         config.save_pretrained(directory)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
-        save_file(state, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
+        save_adapter(self.adapter, directory)
         if self.memory is not None:
-            bridge.save_memory(self.memory, directory / MEMORY_FILE)
+            memory_bank.save_memory(self.memory, directory / MEMORY_FILE)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
 
@@ -359,23 +242,15 @@ class TopaForCausalLM(PreTrainedModel):
         )
         cls._check_llm(llm.config, config.text_config, f"base model {base_path}")
         model = cls(config, llm=llm)
-        _load_adapter(model.adapter, directory / ADAPTER_FILE)
+        load_adapter(model.adapter, directory)
         if load_memory and (directory / MEMORY_FILE).exists():
-            model.memory = bridge.load_memory(directory / MEMORY_FILE)
+            model.memory = memory_bank.load_memory(directory / MEMORY_FILE)
         for source in (directory, Path(base_path)):
-            if any((source / name).exists() for name in _TOKENIZER_FILES):
+            if any((source / name).exists() for name in TOKENIZER_FILES):
                 model.processor = TopaProcessor.from_pretrained(source, max_feats=config.max_feats)
                 break
         model.eval()
         return model.to(device) if device is not None else model
-
-
-def _first_difference(sequences: list[list[int]]) -> int:
-    """Index of the first position where the token sequences are not all equal."""
-    for index, column in enumerate(zip(*sequences)):
-        if len(set(column)) > 1:
-            return index
-    raise ValueError("the choices tokenise to sequences that do not differ")
 
 
 def _resolve_base(directory: Path, base: str | None) -> str:
@@ -390,25 +265,3 @@ def _resolve_base(directory: Path, base: str | None) -> str:
     if base == BASE_DIR or base.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{directory / 'config.json'}: base model {base!r} not found")
     return base
-
-
-def _load_adapter(adapter: TopaAdapter, path: Path) -> None:
-    """Load ``adapter.*`` tensors, naming the file and key of any mismatch."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (the trained adapter weights)")
-    tensors = load_file(str(path))
-    foreign = sorted(k for k in tensors if not k.startswith("adapter."))
-    if foreign:
-        raise ValueError(f"{path}: unexpected keys {foreign} (expected only 'adapter.*')")
-    state = {k.removeprefix("adapter."): v for k, v in tensors.items()}
-    expected = adapter.state_dict()
-    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    if missing or extra:
-        raise ValueError(f"{path}: missing keys {missing}, unexpected keys {extra}")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(f"{path}: adapter.{key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
-    adapter.load_state_dict(state)
-

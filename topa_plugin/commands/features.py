@@ -1,8 +1,12 @@
 """`topa features textvid|videos|import-release`: write sharded, resumable feature stores."""
+
 from __future__ import annotations
 
 import argparse
-import sys
+
+from topa_plugin.commands import fail
+
+COMMAND = "features"
 
 
 def _default_device() -> str:
@@ -26,45 +30,44 @@ def _add_encoder(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def _encoder(args):
-    from topa_plugin.clip import load_clip
+    from topa_plugin.features.clip import load_clip
 
     return load_clip(args.clip_model, args.clip_pretrained, args.device or _default_device(), args.precision)
 
 
-def _report(run) -> int:
+def _report(args, run) -> int:
     """Run a job; expected input errors become one clear message and exit status 2."""
-    from topa_plugin.features import FeatureError
-    from topa_plugin.safeload import UnsafePickleError
+    from topa_plugin.features.store import FeatureError
+    from topa_plugin.release.safeload import UnsafePickleError
     from topa_plugin.textvid.records import TextVidError
-    from topa_plugin.video import VideoDecodeError
+    from topa_plugin.features.video import VideoDecodeError
 
     try:
         index = run()
     except (FeatureError, TextVidError, VideoDecodeError, UnsafePickleError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        fail(f"{COMMAND} {args.features_command}", str(err))
     print(f"wrote {index}")
     return 0
 
 
-def _textvid(args) -> int:
-    from topa_plugin.features import extract_textvid
+def run_textvid(args) -> int:
+    from topa_plugin.features.extract import extract_textvid
 
-    return _report(lambda: extract_textvid(args.textvid, args.out, _encoder(args), args.batch_size,
+    return _report(args, lambda: extract_textvid(args.textvid, args.out, _encoder(args), args.batch_size,
                                            args.shard_size, args.dtype))
 
 
-def _videos(args) -> int:
-    from topa_plugin.features import extract_videos
+def run_videos(args) -> int:
+    from topa_plugin.features.extract import extract_videos
 
-    return _report(lambda: extract_videos(args.videos, args.out, _encoder(args), args.frames, args.batch_size,
+    return _report(args, lambda: extract_videos(args.videos, args.out, _encoder(args), args.frames, args.batch_size,
                                           args.shard_size, args.dtype, args.workers))
 
 
-def _import_release(args) -> int:
-    from topa_plugin.features import import_release
+def run_import_release(args) -> int:
+    from topa_plugin.features.extract import import_release
 
-    return _report(lambda: import_release(args.textvid, args.features_dir, args.out, args.encoder,
+    return _report(args, lambda: import_release(args.textvid, args.features_dir, args.out, args.encoder,
                                           args.shard_size, args.dtype))
 
 
@@ -76,7 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("--textvid", required=True, help="release textvid.json or .jsonl")
     _add_common(p, shard_size=1000)
     _add_encoder(p, batch_size=256)
-    p.set_defaults(func=_textvid)
+    p.set_defaults(func=run_textvid)
 
     p = sub.add_parser("videos", help="CLIP image features of uniformly sampled video frames")
     p.add_argument("--videos", required=True, help="directory of videos or a text file listing one per line")
@@ -84,11 +87,11 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=4, help="decoding threads")
     _add_common(p, shard_size=256)
     _add_encoder(p, batch_size=64)
-    p.set_defaults(func=_videos)
+    p.set_defaults(func=run_videos)
 
     p = sub.add_parser("import-release", help="convert the release's features/{idx}.pkl into a store")
     p.add_argument("--textvid", required=True, help="the release textvid.json the features belong to")
     p.add_argument("--features-dir", required=True, help="directory holding {idx}.pkl files")
     p.add_argument("--encoder", default="ViT-L-14|openai", help="encoder identity recorded in the index")
     _add_common(p, shard_size=1000)
-    p.set_defaults(func=_import_release)
+    p.set_defaults(func=run_import_release)

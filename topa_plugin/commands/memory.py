@@ -1,18 +1,21 @@
 """`topa memory build|import`: the text-feature memory bank for zero-shot projection."""
+
 from __future__ import annotations
 
-import sys
+from topa_plugin.commands import fail
+
+COMMAND = "memory"
 
 
-def _build(args) -> int:
-    from topa_plugin.bridge import save_memory
-    from topa_plugin.features import FeatureError, FeatureStore, build_memory
+def run_build(args) -> int:
+    from topa_plugin.features.memory import save_memory
+    from topa_plugin.features.store import FeatureError, FeatureStore
+    from topa_plugin.features.memory import build_memory
 
     try:
         memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed)
     except (FeatureError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        fail(f"{COMMAND} {args.memory_command}", str(err))
     if not args.all and args.size > stats["unique"]:
         print(f"note: only {stats['unique']} distinct frames, fewer than --size {args.size}; using all of them")
     save_memory(memory, args.out)
@@ -21,16 +24,15 @@ def _build(args) -> int:
     return 0
 
 
-def _import(args) -> int:
+def run_import(args) -> int:
     import pickle
 
-    from topa_plugin.bridge import load_memory, save_memory
+    from topa_plugin.features.memory import load_memory, save_memory
 
     try:
         memory = load_memory(args.pkl)
     except (pickle.UnpicklingError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        fail(f"{COMMAND} {args.memory_command}", str(err))
     if args.limit is not None:
         memory = memory[:args.limit]
     norms = memory[:100_000].float().norm(dim=1)
@@ -51,10 +53,10 @@ def register(subparsers) -> None:
     size.add_argument("--all", action="store_true", help="keep every distinct frame")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.set_defaults(func=_build)
+    p.set_defaults(func=run_build)
 
     p = sub.add_parser("import", help="convert the release memory.pkl (restricted loader) to safetensors")
     p.add_argument("--pkl", required=True, help="release memory.pkl")
     p.add_argument("--limit", type=int, default=None, help="keep the first N rows (the release used 1M)")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.set_defaults(func=_import)
+    p.set_defaults(func=run_import)

@@ -1,12 +1,12 @@
-"""`topa train ...`: forwards every argument to ``python -m topa_plugin.train`` (same flags, same --config)."""
+"""`topa train ...`: forwards every argument to ``python -m topa_plugin.training.train`` (same flags, same --config)."""
 
 from __future__ import annotations
 
 import argparse
 
 
-def _run(args) -> int:
-    from topa_plugin.train import main
+def run(args) -> int:
+    from topa_plugin.training.train import main
 
     return main(args.train_args, prog="topa train")
 
@@ -19,4 +19,4 @@ def register(subparsers) -> None:
         prefix_chars="\0",  # pass every flag through untouched
     )
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=run)

@@ -21,10 +21,10 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("topa_plugin.lmms needs lmms-eval: pip install 'topa-plugin[eval]'") from exc
 
-from topa_plugin.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from topa_plugin.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from topa_plugin.lmms.choices import doc_options, letters_and_texts, options_from_prompt
-from topa_plugin.lmms.video_features import FeatureFileError, VideoFeatureSource
-from topa_plugin.prompts import IGNORE_INDEX
+from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource
+from topa_plugin.processing import IGNORE_INDEX
 
 MC_MODES = ("score", "generate")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,8 +80,8 @@ class Topa(lmms):
         super().__init__()
         from accelerate import Accelerator
 
-        from topa_plugin.bridge import load_memory
-        from topa_plugin.clip import load_clip
+        from topa_plugin.features.memory import load_memory
+        from topa_plugin.features.clip import load_clip
         from topa_plugin.modeling import TopaForCausalLM
 
         if max_batch_size is not None:
@@ -157,7 +157,7 @@ class Topa(lmms):
         features = self._precomputed(path.stem, where)
         if features is not None:
             return features
-        from topa_plugin.video import VideoDecodeError
+        from topa_plugin.features.video import VideoDecodeError
 
         try:
             return self.features.get(path)

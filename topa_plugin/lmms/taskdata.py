@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from topa_plugin import rowfiles
+from topa_plugin.utils import rowfiles
 from topa_plugin.lmms.choices import letters_and_texts
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"

@@ -3,7 +3,7 @@
 from importlib import resources
 from pathlib import Path
 
-from .records import (
+from topa_plugin.textvid.records import (
     QA,
     Problem,
     TextVidError,

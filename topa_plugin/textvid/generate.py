@@ -33,8 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend, BackendError, Completion, TransientBackendError
-from .records import TextVidRecord, append_jsonl, read_textvid, validate_records
+from topa_plugin.textvid.backends import Backend, BackendError, Completion, TransientBackendError
+from topa_plugin.textvid.records import TextVidRecord, append_jsonl, read_textvid, validate_records
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,214 @@
+"""Extraction jobs: CLIP features of TextVid captions, of real videos, and of the release's
+per-record pickles, each written to a feature store through the resumable writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from topa_plugin.features.store import FeatureError
+from topa_plugin.features.transforms import l2_normalize
+from topa_plugin.features.writer import write_sharded
+from topa_plugin.utils.hashing import file_sha256
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+def fuse_frames(caption_rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """Frame features from per-caption rows, as the release does: normalise each caption
+    row, average the rows of each frame (``counts[i]`` consecutive rows), normalise."""
+    counts_t = torch.as_tensor(list(counts), dtype=torch.long)
+    if int(counts_t.sum()) != caption_rows.shape[0] or (counts_t < 1).any():
+        raise ValueError(f"{caption_rows.shape[0]} caption rows do not split into frames of {list(counts)} captions")
+    rows = l2_normalize(caption_rows.float())
+    frame_of_row = torch.repeat_interleave(torch.arange(len(counts_t)), counts_t)
+    sums = rows.new_zeros(len(counts_t), rows.shape[1]).index_add_(0, frame_of_row, rows)
+    return l2_normalize(sums / counts_t.unsqueeze(1))
+
+
+def encode_unique(encoder, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """Raw embeddings for ``texts`` (in order), encoding each distinct text once, shortest first."""
+    unique = sorted(set(texts), key=lambda t: (len(t), t))
+    position = {t: i for i, t in enumerate(unique)}
+    embeddings = encoder.encode_text(unique, batch_size=batch_size)
+    return embeddings[torch.tensor([position[t] for t in texts], dtype=torch.long)]
+
+
+def textvid_features(encoder, records, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Fused frame features [n_frames, D] per record id, one encoder pass for all captions."""
+    captions = [c for r in records for frame in r.captions_per_frame for c in frame]
+    counts = [len(frame) for r in records for frame in r.captions_per_frame]
+    fused = fuse_frames(encode_unique(encoder, captions, batch_size), counts)
+    out, start = {}, 0
+    for r in records:
+        out[r.idx] = fused[start:start + len(r.frames)]
+        start += len(r.frames)
+    return out
+
+
+
+def extract_textvid(textvid: str | Path, out_dir: str | Path, encoder, batch_size: int = 256,
+                    shard_size: int = 1000, dtype: str = "float16") -> Path:
+    """CLIP text features of every TextVid frame (fused per frame) into a feature store."""
+    from topa_plugin.textvid.records import read_textvid
+
+    records = read_textvid(textvid)
+    header = {"kind": "textvid", "encoder": encoder.identity, "dim": encoder.embed_dim,
+              "source": {"file": Path(textvid).name, "sha256": file_sha256(textvid)}}
+    return write_sharded(out_dir, header, [r.idx for r in records], records,
+                         lambda recs: textvid_features(encoder, recs, batch_size),
+                         shard_size, dtype, desc="textvid features", unit="rec")
+
+
+def list_videos(videos: str | Path) -> list[Path]:
+    """Video files of a directory (sorted) or of a list file (one path per line,
+    relative to the list). Every missing file is reported at once."""
+    videos = Path(videos)
+    if videos.is_dir():
+        paths = sorted(p for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not paths:
+            raise FeatureError(f"{videos}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+        return paths
+    if not videos.is_file():
+        raise FeatureError(f"{videos}: no such video directory or list file")
+    paths, missing = [], []
+    for line_no, line in enumerate(videos.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        path = Path(line.strip())
+        path = path if path.is_absolute() else videos.parent / path
+        if path.is_file():
+            paths.append(path)
+        else:
+            missing.append(f"line {line_no}: {path}")
+    if missing:
+        raise FeatureError(f"{videos}: {len(missing)} listed video(s) not found:\n" + "\n".join(map(str, missing)))
+    if not paths:
+        raise FeatureError(f"{videos}: the list names no videos")
+    return paths
+
+
+def video_keys(paths: Sequence[Path]) -> list[str]:
+    """File stems, which evaluation tasks use as video ids; two files may not share one."""
+    first: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in first:
+            raise FeatureError(f"videos {first[p.stem]} and {p} share the id {p.stem!r}")
+        first[p.stem] = p
+    return [p.stem for p in paths]
+
+
+def video_features(encoder, paths: Sequence[Path], num_frames: int, batch_size: int = 64,
+                   workers: int = 4) -> dict[str, torch.Tensor]:
+    """Normalised CLIP image features [n_frames, D] per video stem.
+
+    Videos are decoded at most ``workers`` ahead (in threads) and their frames encoded as full
+    batches fill up, so memory holds a few decoded videos, not a whole shard of full-resolution
+    frames (256 HD videos x 10 frames is tens of GB). The batches are the ones encoding all
+    frames at once would use, so the features do not depend on ``workers``."""
+    from PIL import Image
+
+    from topa_plugin.features.video import read_frames
+
+    lengths: list[int] = []
+    pending: list = []
+    encoded: list[torch.Tensor] = []
+
+    def encode(final: bool) -> None:
+        nonlocal pending
+        while len(pending) >= batch_size or (final and pending):
+            batch, pending = pending[:batch_size], pending[batch_size:]
+            encoded.append(encoder.encode_images(batch, batch_size=batch_size))
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for clip in _decoded_ahead(pool, lambda p: read_frames(p, num_frames), paths, max(1, workers)):
+            lengths.append(len(clip))
+            pending.extend(Image.fromarray(frame) for frame in clip)
+            encode(final=False)
+    encode(final=True)
+    embeddings = l2_normalize(torch.cat(encoded)) if encoded else torch.empty(0, encoder.embed_dim)
+    return dict(zip((p.stem for p in paths), embeddings.split(lengths)))
+
+
+def _decoded_ahead(pool, decode: Callable, items: Sequence, ahead: int):
+    """``decode(item)`` for each item in order, with at most ``ahead`` decodes running or waiting."""
+    futures: deque = deque()
+    for item in items:
+        futures.append(pool.submit(decode, item))
+        if len(futures) > ahead:
+            yield futures.popleft().result()
+    while futures:
+        yield futures.popleft().result()
+
+
+def extract_videos(videos: str | Path, out_dir: str | Path, encoder, num_frames: int, batch_size: int = 64,
+                   shard_size: int = 256, dtype: str = "float16", workers: int = 4) -> Path:
+    """CLIP image features of uniformly sampled frames of real videos into a feature store."""
+    paths = list_videos(videos)
+    keys = video_keys(paths)
+    listing = json.dumps([[k, p.name, p.stat().st_size] for k, p in zip(keys, paths)])
+    header = {"kind": "videos", "encoder": encoder.identity, "dim": encoder.embed_dim, "frames": num_frames,
+              "source": {"videos": hashlib.sha256(listing.encode()).hexdigest()}}
+    return write_sharded(out_dir, header, keys, paths,
+                         lambda ps: video_features(encoder, ps, num_frames, batch_size, workers),
+                         shard_size, dtype, desc="video features", unit="video")
+
+
+def load_release_rows(path: Path, record) -> torch.Tensor:
+    """One record's release feature file: [n_captions, D] rows in frame key order."""
+    from topa_plugin.release.safeload import load_release_pickle
+
+    if not path.is_file():
+        raise FeatureError(f"{path}: feature file of record {record.idx!r} not found")
+    value = load_release_pickle(path)
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor) or value.ndim != 2 or not value.is_floating_point():
+        shape = tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
+        raise FeatureError(f"{path}: record {record.idx!r}: expected a float [captions, D] matrix, got {shape}")
+    n_captions = sum(len(frame) for frame in record.frames)
+    if value.shape[0] != n_captions:
+        raise FeatureError(f"{path}: record {record.idx!r}: field 'frames' has {n_captions} captions "
+                           f"but the file has {value.shape[0]} rows")
+    return value
+
+
+def release_features(features_dir: Path, records, dim: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for r in records:
+        path = features_dir / f"{r.idx}.pkl"
+        rows = load_release_rows(path, r)
+        if rows.shape[1] != dim:
+            raise FeatureError(f"{path}: record {r.idx!r}: rows are {rows.shape[1]}-d, expected {dim}")
+        out[r.idx] = fuse_frames(rows, [len(frame) for frame in r.frames])
+    return out
+
+
+def import_release(textvid: str | Path, features_dir: str | Path, out_dir: str | Path,
+                   encoder: str = "ViT-L-14|openai", shard_size: int = 1000, dtype: str = "float16") -> Path:
+    """Convert the release's per-record features/{idx}.pkl (through the restricted
+    loader) into a fused feature store. Every missing file is reported before starting."""
+    from topa_plugin.textvid.records import read_textvid
+
+    records = read_textvid(textvid)
+    features_dir = Path(features_dir)
+    missing = [f"{features_dir / f'{r.idx}.pkl'} (record {r.idx!r})" for r in records
+               if not (features_dir / f"{r.idx}.pkl").is_file()]
+    if missing:
+        shown = "\n".join(missing[:20]) + (f"\n... and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise FeatureError(f"{features_dir}: {len(missing)} release feature file(s) missing:\n{shown}")
+    if not records:
+        raise FeatureError(f"{textvid}: no records")
+    dim = load_release_rows(features_dir / f"{records[0].idx}.pkl", records[0]).shape[1]
+    header = {"kind": "release-import", "encoder": encoder, "dim": dim,
+              "source": {"file": Path(textvid).name, "sha256": file_sha256(textvid)}}
+    return write_sharded(out_dir, header, [r.idx for r in records], records,
+                         lambda recs: release_features(features_dir, recs, dim),
+                         shard_size, dtype, desc="release import", unit="rec")

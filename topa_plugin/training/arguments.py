@@ -1,0 +1,159 @@
+"""Training arguments: LLaVA's ``ModelArguments``/``DataArguments``/``TrainingArguments`` names plus
+TOPA's, parsed by ``HfArgumentParser`` with an optional YAML ``--config`` underneath the flags."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import transformers
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+from topa_plugin.training.llava_compat import BACKENDS, default_backend
+from topa_plugin.training.samples import OVERLONG_POLICIES
+
+TASKS = ("pretrain", "finetune")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Frozen LLM: Hugging Face id or directory."})
+    init_from: str | None = field(default=None, metadata={"help": "TOPA plugin directory to start from (finetuning)."})
+    adapter_len: int = field(default=50, metadata={"help": "Adapter prompt vectors per layer."})
+    adapter_layer: int | None = field(default=None, metadata={"help": "Top layers with adapter prompts (default: all)."})
+    max_feats: int = field(default=10, metadata={"help": "Video slots (frames) per sample."})
+    video_bias_init: float = field(default=-3.5, metadata={"help": "Initial video attention bias (gate2)."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "Comma-separated LLM modules for LoRA."})
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(default=None, metadata={"help": "TextVid .json/.jsonl (pretrain) or video-QA .csv/.jsonl/.json (finetune)."})
+    feature_folder: str | None = field(default=None, metadata={"help": "Output folder of `topa features textvid|videos`."})
+    task: str = field(default="pretrain", metadata={"help": "pretrain (TextVid task mix) or finetune (video QA).", "choices": TASKS})
+    max_seq_len: int = field(default=150, metadata={"help": "Prompt tokens kept per sample (the release truncates)."})
+    check_lengths: bool = field(default=True, metadata={"help": "Before training, encode every prompt a record can "
+                                "produce and report all whose answer --max_seq_len cuts off."})
+    overlong: str = field(default="error", metadata={"help": "Prompts whose answer --max_seq_len cuts off: error "
+                          "(list them all and stop) or skip (leave them out, logged).", "choices": OVERLONG_POLICIES})
+    answer_balance: bool = field(default=False, metadata={"help": "Shuffle multiple-choice options (release rule)."})
+    noise_variance: float = field(default=0.0, metadata={"help": "Noise injection variance for TextVid features."})
+    layout: str = field(default="auto", metadata={"help": "Video-QA column layout: auto, nextqa, star, tvqa, generic."})
+    feature_fps: float | None = field(default=None, metadata={"help": "Feature rows per second, to cut STAR/TVQA segments."})
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    base_learning_rate: float | None = field(default=None, metadata={"help": "If set, lr = blr * effective batch / 256."})
+    warmup_ratio: float | None = field(default=None, metadata={"help": "Warmup as a fraction of all steps (LLaVA name)."})
+    trainer_backend: str = field(default_factory=default_backend, metadata={"help": "auto, llava or plain.", "choices": BACKENDS})
+    group_by_modality_length: bool = field(default=False, metadata={"help": "LLaVA's length-grouped sampler."})
+    mm_projector_lr: float | None = field(default=None, metadata={"help": "Read by LLaVATrainer; unused by TOPA."})
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    remove_unused_columns: bool = False
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if self.warmup_steps:
+                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
+            self.warmup_steps = self.warmup_ratio  # transformers 5 reads a value below 1 as a ratio
+        super().__post_init__()
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+
+
+def build_parser(prog: str | None = None) -> transformers.HfArgumentParser:
+    return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog=prog)
+
+
+def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Remove ``--config PATH`` / ``--config=PATH`` from argv."""
+    rest, config = [], None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--config":
+            config = next(it, None)
+            if config is None:
+                raise SystemExit("--config needs a YAML file path")
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return config, rest
+
+
+def yaml_to_argv(path: str | Path, parser: transformers.HfArgumentParser) -> list[str]:
+    """A YAML mapping of argument names to values, as command-line flags (unknown keys fail here)."""
+    import json
+
+    import yaml
+
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values")
+    known = parser._option_string_actions
+    argv = []
+    for key, value in data.items():
+        flag = f"--{key}"
+        if flag not in known:
+            raise ValueError(f"{path}: {key}: unknown argument (see `python -m topa_plugin.training.train --help`)")
+        if value is None:
+            continue
+        if isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The YAML recipes shipped in the package, by name (``pretrain_llama2_7b``) and by ``model/name``."""
+    found = {}
+    for path in sorted(CONFIGS_DIR.glob("*/*.yaml")):
+        found[path.stem] = found[f"{path.parent.name}/{path.stem}"] = path
+    return found
+
+
+def resolve_config(config: str) -> Path:
+    """A YAML path, or the name of a shipped recipe (``topa train --config pretrain_llama2_7b``)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if config.removesuffix(".yaml") in shipped:
+        return shipped[config.removesuffix(".yaml")]
+    names = ", ".join(sorted(name for name in shipped if "/" not in name))
+    raise SystemExit(f"--config {config}: no such file, and no shipped recipe of that name (shipped: {names})")
+
+
+def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse (YAML defaults +) flags, check the combination, and apply ``--base_learning_rate``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    config, argv = _pop_config(argv)
+    if config:
+        argv = yaml_to_argv(resolve_config(config), parser) + argv
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if not data_args.data_path or not data_args.feature_folder:
+        raise SystemExit("--data_path and --feature_folder are required")
+    if not model_args.model_name_or_path and not model_args.init_from:
+        raise SystemExit("give --model_name_or_path (the frozen LLM) or --init_from (a TOPA plugin directory)")
+    if model_args.lora_r and data_args.task != "finetune":
+        raise SystemExit("--lora_r is for --task finetune (pre-alignment keeps the LLM frozen)")
+    if training_args.base_learning_rate is not None:
+        training_args.learning_rate = training_args.base_learning_rate * training_args.effective_batch_size / 256
+    return model_args, data_args, training_args

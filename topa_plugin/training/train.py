@@ -1,0 +1,142 @@
+"""TOPA training entry point: ``python -m topa_plugin.training.train`` (torchrun / deepspeed) or ``topa train``.
+
+Arguments follow LLaVA's ``train.py`` (``ModelArguments``/``DataArguments``/``TrainingArguments``
+through ``HfArgumentParser``) plus TOPA's own; ``--config x.yaml`` supplies defaults that later
+command-line flags override. Training runs through LLaVA's trainer when llava imports
+(``topa_plugin.training.llava_compat``), else through ``transformers.Trainer``.
+
+Recipe (docs/method.md section 5): the LLM is frozen (bf16 with ``--bf16`` on an accelerator,
+fp32 on CPU), the TOPA adapter trains in fp32 with AdamW betas (0.9, 0.95); weight decay applies
+to the matrices (``visual_proj.weight``, ``temporal_emb.weight``, ``adapter_query.weight``, LoRA
+matrices) and not to the per-head gates ``gate1``/``gate2``, biases or any 1-D parameter. The
+learning rate warms up linearly, then follows a half cosine to 0; ``--base_learning_rate`` sets
+``lr = blr * effective_batch / 256`` as the release does.
+
+Checkpoints hold only trainables (``adapter_model.safetensors``, ``lora_model.safetensors`` with
+LoRA) plus optimizer/scheduler/RNG/trainer state; the frozen LLM is never written. The final
+output directory loads with ``TopaForCausalLM.from_pretrained``; after LoRA finetuning the LoRA
+weights are merged and the LLM is saved inside it (``base/``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+from topa_plugin.training.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
+from topa_plugin.training.trainer import EpochSetter, save_final, topa_trainer_class
+
+logger = logging.getLogger(__name__)
+
+
+
+
+def _llm_dtype(training_args: TrainingArguments) -> torch.dtype:
+    """bf16/fp16 for the frozen LLM when asked for on an accelerator; fp32 on CPU."""
+    if training_args.device.type == "cpu":
+        return torch.float32
+    if training_args.bf16:
+        return torch.bfloat16
+    return torch.float16 if training_args.fp16 else torch.float32
+
+
+def build_processor(model_args: ModelArguments):
+    from topa_plugin.processing import TopaProcessor
+
+    if model_args.init_from:
+        return TopaProcessor.from_pretrained(model_args.init_from)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    return TopaProcessor(tokenizer, max_feats=model_args.max_feats)
+
+
+def build_dataset(data_args: DataArguments, processor, seed: int = 0):
+    from topa_plugin.training.textvid_dataset import TextVidDataset
+    from topa_plugin.training.videoqa_dataset import VideoQADataset
+
+    common = {"max_seq_len": data_args.max_seq_len, "answer_balance": data_args.answer_balance, "seed": seed,
+              "check_lengths": data_args.check_lengths, "overlong": data_args.overlong}
+    if data_args.task == "pretrain":
+        return TextVidDataset(data_args.data_path, data_args.feature_folder, processor,
+                              noise_variance=data_args.noise_variance, **common)
+    return VideoQADataset(data_args.data_path, data_args.feature_folder, processor, layout=data_args.layout,
+                          feature_fps=data_args.feature_fps, **common)
+
+
+def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: torch.dtype):
+    """A fresh TOPA model on the frozen LLM, or the one in ``--init_from``; LoRA on top if asked."""
+    from topa_plugin.configuration import TopaConfig
+    from topa_plugin.modeling import TopaForCausalLM
+
+    if model_args.init_from:
+        model = TopaForCausalLM.from_pretrained(model_args.init_from, torch_dtype=dtype)
+        base = Path(model_args.init_from) / model.config.base_model_name_or_path
+        if base.exists():  # e.g. a self-contained "base": the new directory must still find it
+            model.config.base_model_name_or_path = str(base.resolve())
+        if model.config.feature_dim != feature_dim:
+            raise ValueError(f"--init_from {model_args.init_from} expects {model.config.feature_dim}-d features, "
+                             f"the feature folder has {feature_dim}-d")
+        model.train()
+    else:
+        llm = transformers.AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+        config = TopaConfig(text_config=llm.config, base_model_name_or_path=model_args.model_name_or_path,
+                            feature_dim=feature_dim, max_feats=model_args.max_feats, adapter_len=model_args.adapter_len,
+                            adapter_layer=model_args.adapter_layer, video_bias_init=model_args.video_bias_init)
+        model = TopaForCausalLM(config, llm=llm)
+    model.processor = processor
+    if model_args.lora_r:
+        import peft
+
+        lora = peft.LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                               lora_dropout=model_args.lora_dropout,
+                               target_modules=[m.strip() for m in model_args.lora_target_modules.split(",") if m.strip()])
+        model.llm = peft.get_peft_model(model.llm, lora)
+        for name, param in model.llm.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()  # trainables in fp32 (autocast handles the matmuls)
+    return model
+
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    if not os.path.isdir(output_dir):
+        return None
+    return transformers.trainer_utils.get_last_checkpoint(output_dir)
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, callbacks=None):
+    """Build everything, train (resuming from the newest checkpoint in output_dir), save; returns the trainer."""
+    from topa_plugin.training.collator import TopaCollator
+
+    logger.info("effective batch %d, learning rate %.3g", training_args.effective_batch_size, training_args.learning_rate)
+    transformers.set_seed(training_args.seed)
+    processor = build_processor(model_args)
+    dataset = build_dataset(data_args, processor, training_args.seed)
+    model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args))
+    logger.info("trainable parameters: %d", sum(p.numel() for p in model.parameters() if p.requires_grad))
+    pad_id = processor.tokenizer.pad_token_id
+    trainer = topa_trainer_class(training_args.trainer_backend)(
+        model=model, args=training_args, train_dataset=dataset, callbacks=[EpochSetter(dataset), *(callbacks or [])],
+        data_collator=TopaCollator(pad_token_id=processor.eos_id if pad_id is None else pad_id),
+    )
+    resume = training_args.resume_from_checkpoint or _last_checkpoint(training_args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()
+    save_final(trainer, training_args.output_dir)
+    return trainer
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m topa_plugin.training.train") -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(*parse_arguments(argv, prog))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

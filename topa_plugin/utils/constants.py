@@ -1,0 +1,20 @@
+"""The plugin-directory format in one place: the files a TOPA directory holds and the dtype names.
+
+A plugin directory is ``config.json`` + ``adapter_model.safetensors`` (the trainables), optionally
+``memory.safetensors`` (the memory bank), ``topa_processor.json`` + tokenizer files, ``lora_model.safetensors``
+(training checkpoints with LoRA) and ``base/`` (a self-contained frozen LLM).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ADAPTER_FILE = "adapter_model.safetensors"
+MEMORY_FILE = "memory.safetensors"
+PROCESSOR_FILE = "topa_processor.json"
+LORA_FILE = "lora_model.safetensors"
+BASE_DIR = "base"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+# Names accepted wherever a dtype is given as text (CLI flags, model_args, configs).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
