@@ -19,22 +19,40 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from topa_plugin.commands import OneLineParser
+
+    parser = OneLineParser(
         prog="topa",
         description="TOPA (Text-Only Pre-Alignment) for lmms-eval and LLaVA.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _name_commands(parser)
     return parser
 
 
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Record on each leaf parser its command name ("features textvid"), for error lines."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        parser.set_defaults(command_name=parser.prog.removeprefix("topa "))
+    for action in actions:
+        for sub in action.choices.values():
+            _name_commands(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from topa_plugin.commands import CommandFailed
+    from topa_plugin.commands import CommandFailed, fail, input_errors
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except Exception as err:
+            if not isinstance(err, input_errors()):
+                raise
+            fail(args.command_name, str(err))
     except CommandFailed as failed:
         return int(failed.code)
 

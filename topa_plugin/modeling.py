@@ -8,6 +8,7 @@ trainable parameters live in ``self.adapter``; everything else is frozen.
 from __future__ import annotations
 
 import copy
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,11 +21,14 @@ from topa_plugin.attention import TOPA_ATTENTION, TopaAttentionState
 from topa_plugin.configuration import TopaConfig
 from topa_plugin.features import memory as memory_bank
 from topa_plugin.features.transforms import l2_normalize, sample_frames
+from topa_plugin.features.validation import check_frame_features
 from topa_plugin.generation import TopaGenerationMixin
 from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
 from topa_plugin.utils.constants import BASE_DIR, MEMORY_FILE, TOKENIZER_FILES
 from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, save_adapter
 
+
+logger = logging.getLogger(__name__)
 
 
 class TopaAdapter(nn.Module):
@@ -130,10 +134,25 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
             raise ValueError(
                 f"video features must have shape [T, {self.config.feature_dim}], got {tuple(features.shape)}"
             )
+        check_frame_features(features, "video features")
         frames = sample_frames(l2_normalize(features), self.config.max_feats)
         if use_memory and self.memory is not None:
             frames = memory_bank.project_to_memory(frames, self.memory, temperature=self.config.memory_temperature)
+        elif use_memory:
+            self.warn_if_no_memory()
         return frames
+
+    def warn_if_no_memory(self) -> None:
+        """Say once that zero-shot projection is off: a ``topa train`` output has no memory bank, and without
+        one image features go in unprojected (the modality gap TOPA's projection closes stays open)."""
+        if self.memory is not None or getattr(self, "_warned_no_memory", False):
+            return
+        self._warned_no_memory = True
+        logger.warning(
+            "%s has no memory bank (%s): video features are used without projection onto text features. Add one: "
+            "memory=PATH in lmms-eval --model_args or model.memory = load_memory(PATH) (build it with `topa memory "
+            "build` or `topa memory import`), or copy it into the checkpoint as %s; use_memory=False silences this.",
+            self.config.name_or_path or "this TOPA model", MEMORY_FILE, MEMORY_FILE)
 
     def _video_start(self, video_start, batch: int, device) -> torch.Tensor | None:
         if video_start is None:

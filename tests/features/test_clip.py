@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from topa_plugin.features.clip import load_clip
+from topa_plugin.features.clip import ClipLoadError, load_clip
 from topa_plugin.demo.toy import build_toy_clip
 
 TEXTS = ["a woman cracks eggs into a bowl", "a dog runs across the lawn", "", "two players jump for the ball",
@@ -79,5 +79,5 @@ def test_bad_config_and_missing_weights_are_named(toy_clip, tmp_path):
     bad.write_text(json.dumps({"embed_dim": 8, "vision_cfg": {}}))
     with pytest.raises(ValueError, match=r"bad\.json.*text_cfg"):
         load_clip(str(bad), str(toy_clip[1]))
-    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+    with pytest.raises(ClipLoadError, match="nowhere.safetensors"):
         load_clip(str(toy_clip[0]), str(tmp_path / "nowhere.safetensors"))

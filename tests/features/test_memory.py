@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from topa_plugin.features.transforms import l2_normalize, noise_injection
 from topa_plugin.features.memory import load_memory, project_to_memory, save_memory, top_k_error
 from topa_plugin.release.safeload import UnsafePickleError
+from topa_plugin.features.store import FeatureError
 
 
 def direct(frames, memory, temperature=100.0):
@@ -120,7 +121,7 @@ def test_release_memory_pickle_loads_through_the_restricted_loader(tmp_path, mem
 
 def test_bad_memory_files_are_named(tmp_path):
     save_file({"rows": torch.zeros(2, 2)}, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(KeyError, match=r"wrong\.safetensors.*'memory'"):
+    with pytest.raises(FeatureError, match=r"wrong\.safetensors.*'memory'"):
         load_memory(tmp_path / "wrong.safetensors")
     save_file({"memory": torch.tensor([[1.0, float("nan")]])}, str(tmp_path / "nan.safetensors"))
     with pytest.raises(ValueError, match=r"nan\.safetensors.*NaN"):

@@ -1,12 +1,16 @@
 """The ``topa`` subcommands: one module per command, named after it, each with ``register(subparsers)``.
 
 Handlers are ``run`` (or ``run_<action>`` for commands with actions) and return an exit status;
-``fail`` is their one way to report a user error.
+``fail`` is their one way to report a user error. A handler that lets one of the project's input
+errors escape (``input_errors``) gets the same one-line report from ``topa_plugin.cli``, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
+import pickle
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -18,3 +22,65 @@ def fail(command: str, message: str, status: int = 2) -> NoReturn:
     """Print ``topa <command>: error: <message>`` to stderr and stop with ``status`` (2: bad input)."""
     print(f"topa {command}: error: {message}", file=sys.stderr)
     raise CommandFailed(status)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``topa <command>: error:`` line (no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes that must be at least 1 (0 or negative would fail deep inside)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_output_dir(command: str, out: str | Path, own: tuple[str, ...] = ()) -> Path:
+    """``out`` as an output folder: absent, empty, or holding only files named in ``own`` (glob patterns
+    of the files this command writes there, so a rerun resumes); never a file or someone else's folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        fail(command, f"--out {out}: is an existing file; give a folder path")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not any(p.match(pattern) for pattern in own))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            fail(command, f"--out {out}: folder is not empty ({shown}); give a new or empty folder")
+    return out
+
+
+def check_output_file(command: str, out: str | Path) -> Path:
+    """``out`` as an output file: its folder may be anything, but it may not itself be a folder."""
+    out = Path(out)
+    if out.is_dir():
+        fail(command, f"--out {out}: is a folder; give a file path")
+    return out
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean bad user input (their messages name the file, record or field).
+
+    Imported on demand: the modules behind them pull in torch."""
+    from topa_plugin.features.clip import ClipLoadError
+    from topa_plugin.features.store import FeatureError
+    from topa_plugin.features.validation import FeatureValueError
+    from topa_plugin.features.video import VideoDecodeError
+    from topa_plugin.lmms.feature_source import FeatureFileError
+    from topa_plugin.lmms.taskdata import TaskDataError
+    from topa_plugin.release.meta_llama import ConversionError
+    from topa_plugin.textvid.backends import BackendError
+    from topa_plugin.textvid.generate import GenerationError
+    from topa_plugin.textvid.records import TextVidError
+    from topa_plugin.training.resume import CheckpointError
+    from topa_plugin.training.samples import DataError
+
+    return (ClipLoadError, FeatureError, FeatureValueError, VideoDecodeError, FeatureFileError, TaskDataError,
+            ConversionError, BackendError, GenerationError, TextVidError, CheckpointError, DataError,
+            pickle.UnpicklingError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)

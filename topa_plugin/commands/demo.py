@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from topa_plugin.commands import check_output_dir, positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -11,12 +15,14 @@ def register(subparsers) -> None:
         "trainer -> zero-shot lmms-eval on generated videos. Random toy models: chance-level answers.",
     )
     parser.add_argument("--out", default="topa-demo", help="output folder (a previous demo folder is replaced)")
-    parser.add_argument("--steps", type=int, default=100, help="pre-alignment training steps")
+    parser.add_argument("--steps", type=positive_int, default=100, help="pre-alignment training steps")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from topa_plugin.demo.pipeline import run_demo
+    from topa_plugin.demo.pipeline import MARKER, run_demo
 
+    previous_demo = (Path(args.out) / MARKER).is_file()
+    check_output_dir("demo", args.out, ("*",) if previous_demo else ())  # only a demo folder is replaced
     run_demo(args.out, steps=args.steps)
     return 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from topa_plugin.commands import fail
+from topa_plugin.commands import check_output_dir, positive_int
 
 COMMAND = "features"
+# What a store folder of ours holds, so a rerun on a half-written store resumes instead of being refused.
+STORE_FILES = ("index.json", "progress.json", "shard-*", "*.tmp")
 
 
 def _default_device() -> str:
@@ -17,16 +19,17 @@ def _default_device() -> str:
 
 def _add_common(p: argparse.ArgumentParser, shard_size: int) -> None:
     p.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    p.add_argument("--shard-size", type=int, default=shard_size, help="entries per shard file")
+    p.add_argument("--shard-size", type=positive_int, default=shard_size, help="entries per shard file")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
 
 
 def _add_encoder(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--clip-model", default="ViT-L-14", help="open_clip model name or model-config JSON")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or weights file")
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--precision", default=None, help="open_clip precision (default fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--precision", default=None,
+                   help="open_clip precision: fp32, fp16, bf16, ... (default fp16 on GPU, fp32 on CPU)")
 
 
 def _encoder(args):
@@ -36,16 +39,9 @@ def _encoder(args):
 
 
 def _report(args, run) -> int:
-    """Run a job; expected input errors become one clear message and exit status 2."""
-    from topa_plugin.features.store import FeatureError
-    from topa_plugin.release.safeload import UnsafePickleError
-    from topa_plugin.textvid.records import TextVidError
-    from topa_plugin.features.video import VideoDecodeError
-
-    try:
-        index = run()
-    except (FeatureError, TextVidError, VideoDecodeError, UnsafePickleError, FileNotFoundError) as err:
-        fail(f"{COMMAND} {args.features_command}", str(err))
+    """Check --out, then run a job; input errors (``commands.input_errors``) become one clear line, exit 2."""
+    check_output_dir(f"{COMMAND} {args.features_command}", args.out, STORE_FILES)
+    index = run()
     print(f"wrote {index}")
     return 0
 
@@ -83,8 +79,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("videos", help="CLIP image features of uniformly sampled video frames")
     p.add_argument("--videos", required=True, help="directory of videos or a text file listing one per line")
-    p.add_argument("--frames", type=int, default=10, help="frames sampled per video")
-    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.add_argument("--frames", type=positive_int, default=10, help="frames sampled per video")
+    p.add_argument("--workers", type=positive_int, default=4, help="decoding threads")
     _add_common(p, shard_size=256)
     _add_encoder(p, batch_size=64)
     p.set_defaults(func=run_videos)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from topa_plugin.commands import fail
+from topa_plugin.commands import check_output_dir, fail
 
 COMMAND = "lmms-tasks"
 
@@ -26,13 +26,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from topa_plugin.lmms.taskdata import TASKS_DIR, TaskDataError, write_task_folder
+    from topa_plugin.lmms.taskdata import DATA_FILE, TASKS_DIR, TaskDataError, write_task_folder
 
     if args.data is None and args.out is None and args.videos is None:
         print(TASKS_DIR)
         return 0
     if args.data is None or args.out is None:
         fail(COMMAND, "--data and --out go together (and --videos unless rows carry video_path)")
+    check_output_dir(COMMAND, args.out, ("*.yaml", DATA_FILE))  # a rerun rewrites its own folder
     try:
         out = write_task_folder(args.data, args.videos, args.out)
     except TaskDataError as exc:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from topa_plugin.commands import fail
+from topa_plugin.commands import check_output_file, positive_int
 
 COMMAND = "memory"
 
 
 def run_build(args) -> int:
-    from topa_plugin.features.memory import save_memory
-    from topa_plugin.features.store import FeatureError, FeatureStore
-    from topa_plugin.features.memory import build_memory
+    from topa_plugin.features.memory import build_memory, save_memory
+    from topa_plugin.features.store import FeatureStore
 
-    try:
-        memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed)
-    except (FeatureError, FileNotFoundError) as err:
-        fail(f"{COMMAND} {args.memory_command}", str(err))
+    check_output_file(f"{COMMAND} build", args.out)
+    memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed)
     if not args.all and args.size > stats["unique"]:
         print(f"note: only {stats['unique']} distinct frames, fewer than --size {args.size}; using all of them")
     save_memory(memory, args.out)
@@ -25,14 +22,10 @@ def run_build(args) -> int:
 
 
 def run_import(args) -> int:
-    import pickle
-
     from topa_plugin.features.memory import load_memory, save_memory
 
-    try:
-        memory = load_memory(args.pkl)
-    except (pickle.UnpicklingError, ValueError, FileNotFoundError) as err:
-        fail(f"{COMMAND} {args.memory_command}", str(err))
+    check_output_file(f"{COMMAND} import", args.out)
+    memory = load_memory(args.pkl)
     if args.limit is not None:
         memory = memory[:args.limit]
     norms = memory[:100_000].float().norm(dim=1)
@@ -49,7 +42,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("build", help="memory from a feature store: de-duplicated, normalised, fp16")
     p.add_argument("--features", required=True, help="feature store directory (topa features ...)")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--size", type=int, help="uniformly sample this many distinct frames")
+    size.add_argument("--size", type=positive_int, help="uniformly sample this many distinct frames")
     size.add_argument("--all", action="store_true", help="keep every distinct frame")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .safetensors file")
@@ -57,6 +50,6 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("import", help="convert the release memory.pkl (restricted loader) to safetensors")
     p.add_argument("--pkl", required=True, help="release memory.pkl")
-    p.add_argument("--limit", type=int, default=None, help="keep the first N rows (the release used 1M)")
+    p.add_argument("--limit", type=positive_int, default=None, help="keep the first N rows (the release used 1M)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=run_import)

@@ -29,7 +29,7 @@ def _read(action: str, path: str):
         noun = "problem" if len(err.problems) == 1 else "problems"
         fail(f"{COMMAND} {action}", f"{path}: {len(err.problems)} {noun}", status=1)
     except OSError as err:
-        fail(f"{COMMAND} {action}", f"{path}: {err.strerror or err}")
+        fail(f"{COMMAND} {action}", f"{path}: {err.strerror}" if err.strerror else str(err))
 
 
 def run_validate(args) -> int:

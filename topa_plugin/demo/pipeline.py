@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def _run_lmms_eval(out_dir: Path, checkpoint: Path, clip: tuple[Path, Path], mem
                "--output_path", str(out_dir / "eval" / "results"), "--log_samples"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HOME": str(out_dir / "eval" / "hf_home")}
-    print("   $ lmms-eval " + " ".join(command[3:]), flush=True)
+    print("   $ " + shlex.join(["lmms-eval", *command[3:]]), flush=True)  # paste-able: paths quoted
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     log = done.stdout + done.stderr
     (out_dir / "eval" / "lmms_eval.log").write_text(log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,12 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from safetensors import SafetensorError
+
 from topa_plugin.utils.hashing import file_sha256
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
+# The precisions open_clip's create_model_and_transforms knows; anything else would load fp32 silently.
+CLIP_PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
 _PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std",
                     "interpolation": "image_interpolation", "resize_mode": "image_resize_mode"}
+
+
+class ClipLoadError(ValueError):
+    """A CLIP config, weights file or setting that cannot load; the message names it."""
 
 
 def _register_config(config_path: Path) -> tuple[str, dict, str]:
@@ -35,11 +44,11 @@ def _register_config(config_path: Path) -> tuple[str, dict, str]:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{config_path}: not a valid JSON open_clip config ({exc})") from exc
+        raise ClipLoadError(f"{config_path}: not a valid JSON open_clip config ({exc})") from exc
     model_cfg = data.get("model_cfg", data) if isinstance(data, dict) else None
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(model_cfg, dict) or k not in model_cfg]
     if missing:
-        raise ValueError(f"{config_path}: open_clip config lacks field(s) {missing}")
+        raise ClipLoadError(f"{config_path}: open_clip config lacks field(s) {missing}")
     digest = hashlib.sha256(raw).hexdigest()
     name = f"topa-local-{digest[:16]}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,35 +117,48 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     """Load an open_clip encoder.
 
     model: open_clip name or path to a model-config JSON. pretrained: open_clip tag,
-    path to a weights file, or None for random weights. precision defaults to fp16
-    on GPU and fp32 on CPU."""
+    path to a weights file, or None for random weights. precision (one of CLIP_PRECISIONS)
+    defaults to fp16 on GPU and fp32 on CPU. Bad input raises ClipLoadError naming the file."""
     import open_clip
 
     device = torch.device(device)
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
+    if precision not in CLIP_PRECISIONS:
+        raise ClipLoadError(f"--precision {precision!r}: open_clip precisions are {', '.join(CLIP_PRECISIONS)}")
     extra: dict = {}
     model_path = Path(model)
     if model.endswith(".json") or model_path.is_file():
         if not model_path.is_file():
-            raise FileNotFoundError(f"open_clip config not found: {model}")
+            raise ClipLoadError(f"open_clip config not found: {model}")
         name, extra, digest = _register_config(model_path)
         model_id = f"config:{digest[:16]}"
     else:
         name, model_id = model, model
-    if pretrained is None:
-        weights_id = "random"
-    elif Path(pretrained).is_file():
-        weights_id = f"file:{file_sha256(pretrained)[:16]}"
-    elif Path(pretrained).suffix in {".pt", ".bin", ".safetensors", ".pth"}:
-        raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
-    else:
-        weights_id = pretrained
-    clip_model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, precision=precision, device=device, **extra)
+    weights_id = _weights_id(pretrained, model, local_config="config:" in model_id)
+    try:
+        clip_model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, precision=precision, device=device, **extra)
+    except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClipLoadError(f"CLIP {model} with weights {pretrained}: cannot load ({first})") from exc
     clip_model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     embed_dim = _embed_dim(clip_model, tokenizer, device)
     return ClipEncoder(clip_model, tokenizer, preprocess, device, embed_dim, f"{model_id}|{weights_id}")
+
+
+def _weights_id(pretrained: str | None, model: str, local_config: bool) -> str:
+    """The weights part of the encoder identity; a missing file or a tag a local config cannot have fails."""
+    if pretrained is None:
+        return "random"
+    if Path(pretrained).is_file():
+        return f"file:{file_sha256(pretrained)[:16]}"
+    if Path(pretrained).suffix in {".pt", ".bin", ".safetensors", ".pth"}:
+        raise ClipLoadError(f"CLIP weights file not found: {pretrained}")
+    if local_config:
+        raise ClipLoadError(f"{model}: a model-config JSON has no pretrained tag {pretrained!r} (tags belong to "
+                            "built-in open_clip models); give its weights file with --clip-pretrained")
+    return pretrained
 
 
 @torch.inference_mode()

@@ -17,6 +17,7 @@ import torch
 
 from topa_plugin.features.store import FeatureError, FeatureStore
 from topa_plugin.features.transforms import l2_normalize
+from topa_plugin.utils.atomic import atomic_write
 
 # Default cap on the elements of any one projection temporary (logits block, widened
 # memory chunk). Measured with 10 frames x 1M x 768 fp16 memory: on CPU 2**20 (4 MiB)
@@ -122,15 +123,15 @@ def top_k_error(frames: torch.Tensor, memory: torch.Tensor, top_k: int, temperat
 
 
 def _check_memory(memory, source: str) -> torch.Tensor:
-    """A memory bank must be a finite, non-empty [N, F] float matrix."""
+    """A memory bank must be a finite, non-empty [N, F] float matrix (FeatureError naming ``source``)."""
     if not isinstance(memory, torch.Tensor):
         memory = _as_tensor(memory, source)
     if memory.ndim != 2 or memory.shape[0] == 0 or memory.shape[1] == 0:
-        raise ValueError(f"{source}: memory must be a [N, F] matrix, got shape {tuple(memory.shape)}")
+        raise FeatureError(f"{source}: memory must be a [N, F] matrix, got shape {tuple(memory.shape)}")
     if not memory.is_floating_point():
-        raise ValueError(f"{source}: memory must be floating point, got {memory.dtype}")
+        raise FeatureError(f"{source}: memory must be floating point, got {memory.dtype}")
     if not all(torch.isfinite(memory[s:s + 65536]).all() for s in range(0, memory.shape[0], 65536)):
-        raise ValueError(f"{source}: memory contains NaN or infinite values")
+        raise FeatureError(f"{source}: memory contains NaN or infinite values")
     return memory
 
 
@@ -139,7 +140,7 @@ def _as_tensor(value, source: str) -> torch.Tensor:
 
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value)
-    raise ValueError(f"{source}: expected a tensor or numpy array of memory rows, got {type(value).__name__}")
+    raise FeatureError(f"{source}: expected a tensor or numpy array of memory rows, got {type(value).__name__}")
 
 
 def load_memory(path: str | os.PathLike, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -151,12 +152,16 @@ def load_memory(path: str | os.PathLike, dtype: torch.dtype | None = None) -> to
     if not path.is_file():
         raise FileNotFoundError(f"memory file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            if "memory" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                raise KeyError(f"{path}: no tensor named 'memory' (found {sorted(f.keys())})")
-            memory = f.get_tensor("memory")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = sorted(f.keys())
+                memory = f.get_tensor("memory") if "memory" in keys else None
+        except SafetensorError as exc:
+            raise FeatureError(f"{path}: truncated or not a safetensors file ({exc})") from exc
+        if memory is None:
+            raise FeatureError(f"{path}: no tensor named 'memory' (found {keys})")
     else:
         from topa_plugin.release.safeload import load_release_pickle
 
@@ -172,10 +177,8 @@ def save_memory(memory: torch.Tensor, path: str | os.PathLike) -> Path:
     path = Path(path)
     memory = _check_memory(memory, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"memory": memory.detach().to("cpu", torch.float16).contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    rows = memory.detach().to("cpu", torch.float16).contiguous()
+    return atomic_write(path, lambda tmp: save_file({"memory": rows}, str(tmp)))
 
 
 def _row_digests(rows: torch.Tensor) -> np.ndarray:

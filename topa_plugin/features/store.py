@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from topa_plugin.features.validation import check_frame_features
 
 VERSION = 1
 
@@ -44,9 +45,14 @@ class FeatureStore:
                 raise FeatureError(f"{self.directory}: extraction incomplete; rerun the same "
                                    "`topa features` command to resume it")
             raise FileNotFoundError(f"{index_path}: no feature index")
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        if index.get("version") != VERSION:
-            raise FeatureError(f"{index_path}: unsupported version {index.get('version')!r}")
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FeatureError(f"{index_path}: truncated or not JSON ({exc}); rerun the `topa features` "
+                               "command that wrote this store") from exc
+        if not isinstance(index, dict) or index.get("version") != VERSION:
+            version = index.get("version") if isinstance(index, dict) else None
+            raise FeatureError(f"{index_path}: unsupported version {version!r}")
         self.encoder: str = index["encoder"]
         self.dim: int = index["dim"]
         self.records: dict[str, dict] = index["records"]
@@ -63,17 +69,28 @@ class FeatureStore:
 
     def _handle(self, shard: str):
         if shard not in self._handles:
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            self._handles[shard] = safe_open(str(self.directory / shard), framework="pt")
+            try:
+                self._handles[shard] = safe_open(str(self.directory / shard), framework="pt")
+            except (SafetensorError, OSError) as exc:
+                raise FeatureError(f"{self.directory / shard}: missing, truncated or corrupt shard ({exc}); "
+                                   "rerun the `topa features` command that wrote this store") from exc
         return self._handles[shard]
 
     def get(self, idx) -> torch.Tensor:
-        """Frame features [T, D] as float32."""
+        """Frame features [T, D] as float32; NaN/Inf or zero frames fail, naming the shard and record."""
+        from safetensors import SafetensorError
+
         entry = self.records.get(str(idx))
         if entry is None:
             raise KeyError(f"{self.directory}: no features for record {idx!r}")
-        return self._handle(entry["shard"]).get_tensor(entry["key"]).float()
+        where = f"{self.directory / entry['shard']}: record {str(idx)!r}"
+        try:
+            features = self._handle(entry["shard"]).get_tensor(entry["key"]).float()
+        except SafetensorError as exc:
+            raise FeatureError(f"{where}: unreadable ({exc})") from exc
+        return check_frame_features(features, where, FeatureError)
 
     def __getstate__(self):  # open shard handles cannot cross into DataLoader workers
         return {**self.__dict__, "_handles": {}}

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from topa_plugin.features.store import DTYPES, INDEX, PROGRESS, VERSION, FeatureError, shard_name
+from topa_plugin.utils.atomic import atomic_write_bytes
 
 
 # Fault injection for the resume tests: exit abruptly while writing the shard that
@@ -27,14 +28,8 @@ CRASH_ENV = "TOPA_FEATURES_CRASH_AFTER_SHARDS"
 
 def _atomic_write(path: Path, data: bytes, crash: bool = False) -> None:
     """Write to path.tmp, fsync, rename: a file under the final name is always complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if crash:
-        os._exit(75)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, tmp=path.with_name(path.name + ".tmp"),
+                       before_replace=(lambda: os._exit(75)) if crash else None)
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from topa_plugin.features.validation import check_frame_features
+from topa_plugin.utils.atomic import atomic_write
 from topa_plugin.utils.hashing import file_sha256
+from topa_plugin.utils.ids import id_problem
 
 CACHE_FORMAT = "topa-video-features-v1"  # bump when decoding or sampling changes meaning
 
@@ -54,7 +57,7 @@ def load_feature_array(path: Path, dim: int) -> torch.Tensor:
         raise FeatureFileError(f"{path}: cannot read features ({exc})") from exc
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != dim:
         raise FeatureFileError(f"{path}: expected features of shape [T>=1, {dim}], got {list(array.shape)}")
-    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+    return check_frame_features(torch.from_numpy(np.asarray(array, dtype=np.float32)), str(path), FeatureFileError)
 
 
 class VideoFeatureSource:
@@ -102,12 +105,22 @@ class VideoFeatureSource:
             if video_id not in self._store:
                 return None
             self.counts["precomputed"] += 1
-            return self._store.get(video_id)
+            return self._store_features(video_id)
+        if id_problem(video_id):
+            raise FeatureFileError(f"feature_dir {self.feature_dir}: {id_problem(video_id)}")
         path = self.feature_dir / f"{video_id}.npy"
         if not path.is_file():
             return None
         self.counts["precomputed"] += 1
         return load_feature_array(path, self.encoder.embed_dim)
+
+    def _store_features(self, video_id: str) -> torch.Tensor:
+        from topa_plugin.features.store import FeatureError
+
+        try:
+            return self._store.get(video_id)
+        except FeatureError as exc:
+            raise FeatureFileError(str(exc)) from exc
 
     def get(self, video_path: str | Path) -> torch.Tensor:
         """Cached features of this file's content, else decode + encode (and cache)."""
@@ -133,7 +146,7 @@ class VideoFeatureSource:
 
         features = video_features(self.encoder, [video_path], self.num_frames, self.batch_size, workers=1)
         self.counts["decoded"] += 1
-        return features[video_path.stem]
+        return check_frame_features(features[video_path.stem], f"{video_path}: CLIP features", FeatureFileError)
 
     def _read_entry(self, path: Path) -> torch.Tensor:
         from safetensors import SafetensorError
@@ -147,13 +160,11 @@ class VideoFeatureSource:
             raise FeatureFileError(
                 f"{path}: cached features have shape {list(features.shape)}, expected [T, {self.encoder.embed_dim}]; delete it"
             )
-        return features
+        return check_frame_features(features, f"{path} (feature cache entry; delete it)", FeatureFileError)
 
 
 def _write_entry(path: Path, features: torch.Tensor) -> None:
     """Write then rename, so a crashed or concurrent run never leaves a half-written entry."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({"features": features.float().contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({"features": features.float().contiguous()}, str(tmp)))

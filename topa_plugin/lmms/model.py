@@ -110,6 +110,8 @@ class Topa(lmms):
             if bank.shape[1] != config.feature_dim:
                 raise ValueError(f"{memory}: memory rows have dim {bank.shape[1]}, the checkpoint {pretrained} expects {config.feature_dim}")
             self._model.memory = bank.to(self._device)
+        if self.use_memory:
+            self._model.warn_if_no_memory()
 
         encoder = load_clip(str(clip_model), clip_pretrained, device=self._device)
         if encoder.embed_dim != config.feature_dim:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from topa_plugin.utils import rowfiles
 from topa_plugin.lmms.choices import letters_and_texts
+from topa_plugin.utils.ids import id_problem
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DATA_FILE = "egoschema_local.jsonl"  # named by the shipped yamls' data_files
@@ -36,14 +37,42 @@ def _row_problems(row, where: str) -> list[str]:
     for field in ("video_idx", "question"):
         if not isinstance(row.get(field), str) or not row[field].strip():
             problems.append(f"{where} field {field!r}: expected a non-empty string, got {row.get(field)!r}")
+    if isinstance(row.get("video_idx"), str) and id_problem(row["video_idx"]):
+        problems.append(f"{where} field 'video_idx': {id_problem(row['video_idx'])}")
     options = row.get("option")
     if not (isinstance(options, list) and len(options) == N_OPTIONS and all(isinstance(o, str) and o.strip() for o in options)):
         problems.append(f"{where} field 'option': expected {N_OPTIONS} non-empty strings, got {options!r}")
+    else:
+        texts = [_normalised(t) for t in letters_and_texts(options)[1]]
+        repeated = sorted({chr(ord("A") + j) for j, t in enumerate(texts) if texts.count(t) > 1})
+        if repeated:
+            problems.append(f"{where} field 'option': options {', '.join(repeated)} have the same text; "
+                            "scoring cannot tell them apart")
     answer = row.get("answer")
     if isinstance(answer, str) and answer.strip().isdigit():
         answer = int(answer)
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < N_OPTIONS:
         problems.append(f"{where} field 'answer': expected an option index 0-{N_OPTIONS - 1}, got {row.get('answer')!r}")
+    return problems
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _duplicate_problems(rows: list, data: Path) -> list[str]:
+    """Rows asking the same question about the same video: each would count twice in the accuracy."""
+    first: dict[tuple[str, str], int] = {}
+    problems = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("video_idx"), str) or not isinstance(row.get("question"), str):
+            continue
+        key = (row["video_idx"], _normalised(row["question"]))
+        if key in first:
+            problems.append(f"{data} row {i} (video_idx {row['video_idx']!r}): duplicate of row {first[key]} "
+                            "(same video_idx and question)")
+        else:
+            first[key] = i
     return problems
 
 
@@ -73,7 +102,7 @@ def prepare_rows(data: str | Path, videos: str | Path | None) -> list[dict]:
     rows = read_rows(data)
     if not rows:
         raise TaskDataError(f"{data}: no rows")
-    problems, prepared = [], []
+    problems, prepared = _duplicate_problems(rows, data), []
     for i, row in enumerate(rows):
         where = f"{data} row {i}" + (f" (video_idx {row.get('video_idx')!r})" if isinstance(row, dict) else "")
         row_problems = _row_problems(row, where)

@@ -29,6 +29,7 @@ __all__ = ["UnsafePickleError", "load_release_pickle"]
 
 # First bytes of torch.save's legacy (pre-zip) format: a protocol-2 pickle of its magic number.
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's current format is a zip archive
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -45,6 +46,8 @@ def load_release_pickle(path: str | Path, *, mmap: bool = False):
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_TORCH_MAGIC))
     is_zip = zipfile.is_zipfile(path)
+    if head.startswith(_ZIP_MAGIC) and not is_zip:
+        raise pickle.UnpicklingError(f"{path}: truncated or corrupt torch.save zip archive (its end record is missing)")
     if is_zip or head == _LEGACY_TORCH_MAGIC:
         return _torch_load(path, str(path), mmap=mmap and is_zip)
     with open(path, "rb") as f:

@@ -36,6 +36,11 @@ class TransientBackendError(RuntimeError):
         self.retry_after = retry_after
 
 
+class ConnectionFailure(TransientBackendError):
+    """The server could not be reached at all (refused, unresolvable, timed out): retried, but a run stops
+    after a few requests in a row fail this way, since a dead endpoint would otherwise be retried for hours."""
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
@@ -141,7 +146,7 @@ class OpenAIBackend:
                 hint = " (this server does not support JSON mode: rerun with --no-json-mode)"
             raise BackendError(f"{self._where()} answered HTTP {status}: {e.message}{hint}") from e
         except openai.APIConnectionError as e:  # includes timeouts
-            raise TransientBackendError(f"connection to {self.base_url or 'the OpenAI API'} failed: {e}") from e
+            raise ConnectionFailure(f"connection to {self.base_url or 'the OpenAI API'} failed: {e}") from e
         except openai.APIError as e:  # e.g. a 200 whose body is not a chat completion
             raise BackendError(f"{self._where()}: unusable response: {e}") from e
         usage = response.usage
@@ -174,8 +179,12 @@ class HFBackend:
         self._torch = torch
         self.model = model
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        except (OSError, ValueError) as e:  # transformers' messages run to many lines; the first says it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackendError(f"--model {model}: cannot load it as a local transformers model ({first})") from e
         self.max_positions = getattr(self.lm.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
         if not getattr(self.tokenizer, "chat_template", None):

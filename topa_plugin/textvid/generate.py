@@ -221,6 +221,7 @@ class _Outcome:
     completion: Completion | None
     error: str | None
     retries: int
+    unreachable: bool = False  # every attempt failed to connect
 
 
 def _run_request(backend: Backend, messages, options: "GenerateOptions", request: int, condition: str,
@@ -235,7 +236,8 @@ def _run_request(backend: Backend, messages, options: "GenerateOptions", request
             return _Outcome(request, condition, completion, None, attempt - 1)
         except TransientBackendError as e:
             if attempt == options.max_attempts:
-                return _Outcome(request, condition, None, f"{e} (gave up after {attempt} attempts)", attempt - 1)
+                return _Outcome(request, condition, None, f"{e} (gave up after {attempt} attempts)", attempt - 1,
+                                unreachable=isinstance(e, ConnectionFailure))
             delay = backoff_delay(attempt, base=options.backoff, cap=options.max_backoff,
                                   retry_after=e.retry_after, rng=rng)
             log.warning("request %d: %s; retry %d of %d in %.2f s", request, e, attempt,
@@ -378,9 +380,10 @@ class GenerateOptions:
     prompt_template: Path | None = None
     backoff: float = 1.0           # first retry wait (seconds) when the server gives no Retry-After
     max_backoff: float = 60.0
+    max_unreachable: int = 3       # requests in a row that could not connect before the run stops
 
     def check(self) -> None:
-        for name in ("num", "concurrency", "max_attempts", "max_tokens"):
+        for name in ("num", "concurrency", "max_attempts", "max_tokens", "max_unreachable"):
             if getattr(self, name) < 1:
                 raise GenerationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_requests is not None and self.max_requests < 1:
@@ -429,9 +432,19 @@ class _Judge:
     def __init__(self, files: _OutputFiles, report: GenerationReport, conditions: Conditions, backend: Backend,
                  seed: int):
         self.files, self.report, self.conditions, self.backend, self.seed = files, report, conditions, backend, seed
+        self.unreachable: list[str] = []  # errors of the latest requests in a row that could not connect
+
+    def unreachable_error(self, limit: int) -> BackendError | None:
+        """The error that stops the run once ``limit`` requests in a row found no server."""
+        if len(self.unreachable) < limit:
+            return None
+        return BackendError(f"{len(self.unreachable)} requests in a row could not connect, each after all its "
+                            f"attempts ({self.unreachable[-1]}); is the server running? Rerun the same command "
+                            "to continue")
 
     def __call__(self, outcome: _Outcome) -> bool:
         report = self.report
+        self.unreachable = [*self.unreachable, outcome.error] if outcome.unreachable else []
         report.retries += outcome.retries
         completion = outcome.completion
         if completion is not None:
@@ -530,6 +543,7 @@ def generate(backend: Backend, options: GenerateOptions, *, progress: bool = Tru
                             fatal = fatal or e
                             continue
                         bar.update(int(judge(outcome)))
+                        fatal = fatal or judge.unreachable_error(options.max_unreachable)
                         bar.set_postfix(accepted=report.accepted, rejected=sum(report.rejected.values()))
         finally:
             pool.shutdown(wait=not pending, cancel_futures=True)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from topa_plugin.utils.atomic import atomic_write_bytes
+from topa_plugin.utils.ids import id_problem
 
 LETTERS = "ABCDE"
 NUM_OPTIONS = len(LETTERS)
@@ -63,12 +65,14 @@ class TextVidError(ValueError):
 
     def __init__(self, problems: Sequence[Problem]):
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(str(self.problems[0]))
+            return
         shown = [str(p) for p in self.problems[:_MAX_PROBLEMS_IN_MESSAGE]]
         hidden = len(self.problems) - len(shown)
         if hidden:
             shown.append(f"... and {hidden} more (`topa textvid validate FILE` lists all)")
-        noun = "problem" if len(self.problems) == 1 else "problems"
-        super().__init__(f"{len(self.problems)} TextVid {noun}:\n" + "\n".join(shown))
+        super().__init__(f"{len(self.problems)} TextVid problems:\n" + "\n".join(shown))
 
 
 @dataclass
@@ -262,6 +266,8 @@ def _record_problems(d: Any, source: str, index: int | None, line: int | None) -
             bad(key, "missing key")
     if "idx" in d and rid is None:
         _check_text(d["idx"], "idx", bad)
+    elif rid is not None and id_problem(rid):
+        bad("idx", id_problem(rid))
     if "frames" in d:
         _check_frames(d["frames"], bad)
     if "global_video_caption" in d:
@@ -343,6 +349,8 @@ def _load_dicts(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Pro
     """Parse and validate a file; returns (record dicts, every problem found)."""
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a TextVid .json/.jsonl file")
     if path.suffix == ".jsonl":
         items, problems = _parse_jsonl(path, source)
     elif path.suffix == ".json":
@@ -350,6 +358,8 @@ def _load_dicts(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Pro
     else:
         raise TextVidError([Problem(source, None, None, None,
                                     "unsupported file type: expected .json (release list) or .jsonl (JSON Lines)")])
+    if not items and not problems:
+        problems.append(Problem(source, None, None, None, "no records (an empty file or list)"))
     problems += _validate(items, source)
     problems.sort(key=lambda p: (p.line or 0, -1 if p.index is None else p.index))
     return [d for _, _, d in items], problems
@@ -375,18 +385,7 @@ def write_jsonl(path: str | os.PathLike, records: Sequence[TextVidRecord]) -> Pa
     problems = validate_records((r.to_dict() for r in records), str(path))
     if problems:
         raise TextVidError(problems)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(_json_line(r) for r in records)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp made it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, "".join(_json_line(r) for r in records).encode("utf-8"))
 
 
 def append_jsonl(path: str | os.PathLike, record: TextVidRecord) -> None:

@@ -21,7 +21,6 @@ weights are merged and the LLM is saved inside it (``base/``).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 import transformers
 
 from topa_plugin.training.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
+from topa_plugin.training.resume import resume_checkpoint
 from topa_plugin.training.trainer import EpochSetter, save_final, topa_trainer_class
 
 logger = logging.getLogger(__name__)
@@ -102,12 +102,6 @@ def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: 
 
 
 
-def _last_checkpoint(output_dir: str) -> str | None:
-    if not os.path.isdir(output_dir):
-        return None
-    return transformers.trainer_utils.get_last_checkpoint(output_dir)
-
-
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, callbacks=None):
     """Build everything, train (resuming from the newest checkpoint in output_dir), save; returns the trainer."""
     from topa_plugin.training.collator import TopaCollator
@@ -123,7 +117,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         model=model, args=training_args, train_dataset=dataset, callbacks=[EpochSetter(dataset), *(callbacks or [])],
         data_collator=TopaCollator(pad_token_id=processor.eos_id if pad_id is None else pad_id),
     )
-    resume = training_args.resume_from_checkpoint or _last_checkpoint(training_args.output_dir)
+    resume = resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     if resume:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)

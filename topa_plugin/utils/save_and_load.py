@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from topa_plugin.utils.atomic import atomic_write
 from topa_plugin.utils.constants import ADAPTER_FILE
 
 PREFIX = "adapter."
@@ -27,8 +28,7 @@ def save_adapter(adapter: nn.Module, directory: str | Path) -> Path:
 
     path = Path(directory) / ADAPTER_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in adapter_state_dict(adapter).items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
 def load_adapter(adapter: nn.Module, directory: str | Path) -> None:

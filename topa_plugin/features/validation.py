@@ -1,0 +1,33 @@
+"""The check every frame-feature tensor passes where it enters (files, caches, stores, the Python API):
+NaN/Inf or an all-zero frame would otherwise flow through normalisation and scoring into a silently
+wrong answer (every option NaN, option A "wins")."""
+
+from __future__ import annotations
+
+import torch
+
+_SHOWN = 10
+
+
+class FeatureValueError(ValueError):
+    """Frame features holding NaN/Inf or zero vectors; the message names where they came from."""
+
+
+def _rows(mask: torch.Tensor) -> str:
+    rows = mask.nonzero().flatten().tolist()
+    return f"{rows[:_SHOWN]}" + (f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else "")
+
+
+def check_frame_features(features: torch.Tensor, source: str,
+                         error: type[ValueError] = FeatureValueError) -> torch.Tensor:
+    """Return ``features`` [T, D] unchanged if every frame is finite with a non-zero norm; else raise ``error``
+    (the caller's own input-error type) naming ``source`` and the frames."""
+    rows = features.detach()
+    rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim >= 2 else rows.reshape(1, -1)
+    bad = ~torch.isfinite(rows).all(dim=1)
+    if bad.any():
+        raise error(f"{source}: frame(s) {_rows(bad)} hold NaN or infinite values")
+    zero = (rows == 0).all(dim=1)
+    if zero.any():
+        raise error(f"{source}: frame(s) {_rows(zero)} are zero vectors (no direction to normalise)")
+    return features
