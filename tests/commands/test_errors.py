@@ -1,0 +1,188 @@
+"""Every bad input found so far, through the real `topa` CLI: exit status 2 and one line,
+``topa <command>: error: <what, naming the file/record/field>``, never a traceback.
+
+One table drives both runners: ``cli.main`` in this process (stderr captured) for every case, and a
+``topa`` subprocess (``python -m topa_plugin.cli``) for a representative subset.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.helpers.lmms_fixtures import build_topa_checkpoint
+from topa_plugin.cli import main
+from topa_plugin.textvid import read_textvid, sample_path
+from topa_plugin.textvid.records import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, toy_clip, toy_llama_dir):
+    """Good and bad inputs on disk: a small feature store and broken copies of it, odd paths, bad files."""
+    from topa_plugin.features.clip import load_clip
+    from topa_plugin.features.extract import extract_textvid
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    textvid = write_jsonl(root / "textvid.jsonl", read_textvid(sample_path())[:4])
+    store = extract_textvid(textvid, root / "store", load_clip(str(toy_clip[0]), str(toy_clip[1])), 64).parent
+    corrupt = shutil.copytree(store, root / "corrupt_store")
+    shard = next(corrupt.glob("shard-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    truncated = shutil.copytree(store, root / "truncated_index")
+    (truncated / "index.json").write_bytes((store / "index.json").read_bytes()[:150])
+    memory = root / "memory.safetensors"
+    assert main(["memory", "build", "--features", str(store), "--all", "--out", str(memory)]) == 0
+    (root / "empty.jsonl").write_bytes(b"")
+    (root / "empty.json").write_text("[]")
+    (root / "a_file").write_text("not a folder")
+    (root / "full").mkdir()
+    (root / "full" / "notes.txt").write_text("someone else's")
+    (root / "bad_config.json").write_text("{not json")
+    (root / "partial_config.json").write_text(json.dumps({"embed_dim": 8, "vision_cfg": {}}))
+    (root / "corrupt_weights.safetensors").write_bytes(b"garbage" * 10)
+    (root / "truncated.pkl").write_bytes(pickle.dumps(torch.randn(4, 8).numpy())[:60])
+    bad_id = {**json.loads(textvid.read_text().splitlines()[0]), "idx": "../escape"}
+    (root / "bad_id.jsonl").write_text(json.dumps(bad_id) + "\n")
+    plugin = build_topa_checkpoint(root / "plugin", toy_llama_dir)
+    clip = ["--clip-model", str(toy_clip[0]), "--clip-pretrained", str(toy_clip[1]), "--device", "cpu"]
+    return SimpleNamespace(root=root, textvid=textvid, store=store, corrupt=corrupt, truncated=truncated,
+                           memory=memory, plugin=plugin, llama=toy_llama_dir, clip=clip, clip_config=toy_clip[0])
+
+
+def train(ws, *flags: str, data=None, features=None) -> list[str]:
+    return ["train", "--data_path", str(data or ws.textvid), "--feature_folder", str(features or ws.store),
+            "--output_dir", str(ws.root / "train_out"), "--max_steps", "1", "--per_device_train_batch_size", "2",
+            "--adapter_len", "4", "--max_seq_len", "400", "--report_to", "none", "--use_cpu", "True", *flags]
+
+
+def features_textvid(ws, *flags: str, textvid=None, out=None, clip=None) -> list[str]:
+    return ["features", "textvid", "--textvid", str(textvid or ws.textvid), "--out", str(out or ws.root / "new_store"),
+            *(ws.clip if clip is None else clip), *flags]
+
+
+@dataclass
+class Case:
+    id: str
+    argv: object  # ws -> argv
+    message: str  # regex the one error line must match after "topa <command>: error: "
+    command: str
+    subprocess: bool = False
+
+
+CASES = [
+    Case("batch-size-0", lambda ws: features_textvid(ws, "--batch-size", "0"),
+         r"argument --batch-size: must be at least 1, got 0", "features textvid", subprocess=True),
+    Case("frames-0", lambda ws: ["features", "videos", "--videos", str(ws.root), "--out", str(ws.root / "v"),
+                                 "--frames", "0"], r"argument --frames: must be at least 1, got 0", "features videos"),
+    Case("size-0", lambda ws: ["memory", "build", "--features", str(ws.store), "--size", "0", "--out", "m.safetensors"],
+         r"argument --size: must be at least 1, got 0", "memory build"),
+    Case("size-negative", lambda ws: ["memory", "build", "--features", str(ws.store), "--size", "-5", "--out", "m.st"],
+         r"argument --size: must be at least 1, got -5", "memory build", subprocess=True),
+    Case("limit-0", lambda ws: ["memory", "import", "--pkl", str(ws.memory), "--limit", "0", "--out", "m.st"],
+         r"argument --limit: must be at least 1, got 0", "memory import"),
+    Case("limit-negative", lambda ws: ["memory", "import", "--pkl", str(ws.memory), "--limit", "-10", "--out", "m.st"],
+         r"argument --limit: must be at least 1, got -10", "memory import"),
+    Case("out-is-a-file", lambda ws: features_textvid(ws, out=ws.root / "a_file"),
+         r"--out .*a_file: is an existing file", "features textvid"),
+    Case("out-non-empty-folder", lambda ws: features_textvid(ws, out=ws.root / "full"),
+         r"--out .*full: folder is not empty \(notes.txt\)", "features textvid", subprocess=True),
+    Case("memory-out-is-a-folder", lambda ws: ["memory", "build", "--features", str(ws.store), "--all",
+                                               "--out", str(ws.root / "full")], r"--out .*full: is a folder", "memory build"),
+    Case("lmms-tasks-out-non-empty", lambda ws: ["lmms-tasks", "--data", str(ws.textvid), "--out", str(ws.root / "full")],
+         r"--out .*full: folder is not empty", "lmms-tasks"),
+    Case("textvid-path-is-a-folder", lambda ws: features_textvid(ws, textvid=ws.root),
+         r"bad_inputs\w*: is a folder, not a TextVid", "features textvid", subprocess=True),
+    Case("validate-folder", lambda ws: ["textvid", "validate", str(ws.root)], r"is a folder, not a TextVid",
+         "textvid validate"),
+    Case("clip-config-not-json", lambda ws: features_textvid(ws, clip=["--clip-model", str(ws.root / "bad_config.json"),
+                                                                       "--clip-pretrained", ws.clip[3]]),
+         r"bad_config.json: not a valid JSON open_clip config", "features textvid"),
+    Case("clip-config-incomplete", lambda ws: features_textvid(ws, clip=["--clip-model", str(ws.root / "partial_config.json"),
+                                                                         "--clip-pretrained", ws.clip[3]]),
+         r"partial_config.json: open_clip config lacks field\(s\) \['text_cfg'\]", "features textvid"),
+    Case("clip-weights-corrupt", lambda ws: features_textvid(ws, clip=["--clip-model", ws.clip[1], "--clip-pretrained",
+                                                                       str(ws.root / "corrupt_weights.safetensors")]),
+         r"CLIP .* with weights .*corrupt_weights.safetensors: cannot load", "features textvid"),
+    Case("clip-openai-tag-with-config", lambda ws: features_textvid(ws, clip=["--clip-model", ws.clip[1]]),
+         r"a model-config JSON has no pretrained tag 'openai'.*--clip-pretrained", "features textvid", subprocess=True),
+    Case("precision-unknown", lambda ws: features_textvid(ws, "--precision", "fp13"),
+         r"--precision 'fp13': open_clip precisions are fp32, fp16", "features textvid"),
+    Case("truncated-release-pkl", lambda ws: ["memory", "import", "--pkl", str(ws.root / "truncated.pkl"), "--out", "m.st"],
+         r"truncated.pkl: not a readable pickle", "memory import"),
+    Case("empty-textvid-0-bytes", lambda ws: features_textvid(ws, textvid=ws.root / "empty.jsonl"),
+         r"empty.jsonl: no records", "features textvid"),
+    Case("empty-textvid-list", lambda ws: features_textvid(ws, textvid=ws.root / "empty.json"),
+         r"empty.json: no records", "features textvid"),
+    Case("record-id-path", lambda ws: features_textvid(ws, textvid=ws.root / "bad_id.jsonl"),
+         r"bad_id.jsonl: line 1, record 0 \(id '\.\./escape'\): idx: id '\.\./escape' contains a path separator",
+         "features textvid"),
+    Case("memory-build-corrupt-shard", lambda ws: ["memory", "build", "--features", str(ws.corrupt), "--all", "--out", "m.st"],
+         r"corrupt_store/shard-\w+\.safetensors: missing, truncated or corrupt shard", "memory build"),
+    Case("memory-build-truncated-index", lambda ws: ["memory", "build", "--features", str(ws.truncated), "--all",
+                                                     "--out", "m.st"],
+         r"truncated_index/index.json: truncated or not JSON", "memory build"),
+    Case("generate-hf-bad-model", lambda ws: ["textvid", "generate", "--backend", "hf", "--model", str(ws.root / "no_model"),
+                                              "--out", str(ws.root / "gen.jsonl"), "--num", "1"],
+         r"--model .*no_model: cannot load it as a local transformers model", "textvid generate"),
+    Case("train-config-missing", lambda ws: train(ws, "--config", str(ws.root / "nowhere.yaml"),
+                                                  "--model_name_or_path", str(ws.llama)),
+         r"--config .*nowhere.yaml: no such file", "train", subprocess=True),
+    Case("train-bad-model", lambda ws: train(ws, "--model_name_or_path", str(ws.root / "no_llm")),
+         r"--model_name_or_path .*no_llm: not a Hugging Face model folder", "train"),
+    Case("train-bad-init-from", lambda ws: train(ws, "--init_from", str(ws.root / "no_plugin")),
+         r"--init_from .*no_plugin: no config.json there", "train"),
+    Case("train-init-from-with-missing-llm", lambda ws: train(ws, "--init_from", str(ws.plugin),
+                                                              "--model_name_or_path", str(ws.root / "no_llm")),
+         r"--model_name_or_path .*no_llm: .*with --init_from the LLM comes from the checkpoint", "train"),
+    Case("train-init-from-adapter-len", lambda ws: train(ws, "--init_from", str(ws.plugin), "--adapter_len", "8"),
+         r"--adapter_len 8 contradicts --init_from .*plugin, whose adapter_len is 4", "train"),
+    Case("train-init-from-max-feats", lambda ws: train(ws, "--init_from", str(ws.plugin), "--max_feats", "5"),
+         r"--max_feats 5 contradicts --init_from .*plugin, whose max_feats is 10", "train"),
+    Case("train-textvid-folder", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), data=ws.root),
+         r"--data_path .*: is a folder", "train"),
+    Case("train-empty-textvid", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), data=ws.root / "empty.json"),
+         r"empty.json: no records", "train"),
+    Case("train-truncated-index", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), features=ws.truncated),
+         r"truncated_index/index.json: truncated or not JSON", "train"),
+    Case("train-corrupt-shard", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), features=ws.corrupt),
+         r"corrupt_store/shard-\w+\.safetensors: missing, truncated or corrupt shard", "train"),
+]
+
+
+def _check(status: int, stderr: str, case: Case) -> None:
+    assert "Traceback" not in stderr, stderr
+    prefix = f"topa {case.command}: error: "
+    lines = [line for line in re.split(r"[\r\n]+", stderr) if line.strip()]
+    errors = [line[line.index(prefix):] for line in lines if prefix in line]
+    assert len(errors) == 1, stderr
+    if case.command != "train":  # training logs and progress bars (which end without a newline) come first
+        assert lines == errors, stderr
+    assert re.search(case.message, errors[0][len(prefix):]), errors[0]
+    assert status == 2, stderr
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case, ws, capsys, monkeypatch):
+    monkeypatch.chdir(ws.root)
+    try:
+        status = main(case.argv(ws))
+    except SystemExit as exc:  # argparse stops parsing with SystemExit(2)
+        status = exc.code
+    _check(status, capsys.readouterr().err, case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.subprocess], ids=[c.id for c in CASES if c.subprocess])
+def test_bad_input_through_the_topa_process(case, ws):
+    done = subprocess.run([sys.executable, "-m", "topa_plugin.cli", *case.argv(ws)], cwd=ws.root,
+                          capture_output=True, text=True, timeout=300, check=False)
+    _check(done.returncode, done.stderr, case)
