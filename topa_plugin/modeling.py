@@ -152,7 +152,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
             "%s has no memory bank (%s): video features are used without projection onto text features. Add one: "
             "memory=PATH in lmms-eval --model_args or model.memory = load_memory(PATH) (build it with `topa memory "
             "build` or `topa memory import`), or copy it into the checkpoint as %s; use_memory=False silences this.",
-            self.config.name_or_path or "this TOPA model", MEMORY_FILE, MEMORY_FILE)
+            getattr(self, "name_or_path", None) or "this TOPA model", MEMORY_FILE, MEMORY_FILE)
 
     def _video_start(self, video_start, batch: int, device) -> torch.Tensor | None:
         if video_start is None:
@@ -261,6 +261,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         )
         cls._check_llm(llm.config, config.text_config, f"base model {base_path}")
         model = cls(config, llm=llm)
+        model.name_or_path = str(directory)  # named in warnings
         load_adapter(model.adapter, directory)
         if load_memory and (directory / MEMORY_FILE).exists():
             model.memory = memory_bank.load_memory(directory / MEMORY_FILE)

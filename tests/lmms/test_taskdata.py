@@ -157,3 +157,16 @@ def test_missing_data_or_video_folder(tmp_path):
     (tmp_path / "rows.jsonl").write_text(json.dumps(row()) + "\n")
     with pytest.raises(TaskDataError, match="video folder not found"):
         prepare_rows(tmp_path / "rows.jsonl", tmp_path / "no_videos")
+
+
+def test_duplicate_rows_and_duplicate_options_are_reported(tmp_path, video_dir):
+    rows = [row(0), row(1), row(0, question="What does  C do?"),
+            row(2, option=["A. c sits", "B. c reads", "C. C  SITS", "D. c writes", "E. c sleeps"])]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TaskDataError) as err:
+        prepare_rows(data, video_dir)
+    message = str(err.value)
+    assert message.startswith(f"2 problem(s) in {data}")
+    assert f"{data} row 2 (video_idx 'v0'): duplicate of row 0 (same video_idx and question)" in message
+    assert f"{data} row 3 (video_idx 'v2') field 'option': options A, C have the same text" in message

@@ -265,3 +265,40 @@ def test_hf_chat_template_used_and_system_turn_merged_when_refused(toy_llama_dir
     assert merged.startswith("<user>SYSTEM TEXT") and merged.endswith("USER TEXT<assistant>")
     completion = backend.complete(messages, temperature=0.0, max_tokens=4, seed=0)
     assert completion.completion_tokens <= 4 and completion.prompt_tokens == backend._encode(messages).shape[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dead_server_stops_after_a_few_unreachable_requests(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens: every connection is refused
+    options = _options(tmp_path, num=500, concurrency=2, max_attempts=2)
+    waits = []
+    with pytest.raises(BackendError, match=rf"3 requests in a row could not connect.*{url}.*is the server running"):
+        generate(OpenAIBackend("stub-model", base_url=url, timeout=5), options, progress=False, sleep=waits.append)
+    failed = _rejection_log(options.out)
+    assert 3 <= len(failed) <= 3 + options.concurrency  # not the 1510 requests of the budget
+    assert {e["reason"] for e in failed} == {"request_failed"}
+
+
+def test_connection_failures_not_in_a_row_do_not_stop_the_run(tmp_path):
+    from topa_plugin.textvid.backends import Completion, ConnectionFailure
+
+    class Flaky:
+        name, model, max_concurrency = "flaky", "m", 1
+        calls = 0
+
+        def complete(self, messages, *, temperature, max_tokens, seed):
+            Flaky.calls += 1
+            if Flaky.calls % 3:
+                raise ConnectionFailure("connection to flaky failed")
+            return Completion("not json", 1, 1, "stop")
+
+    report = generate(Flaky(), _options(tmp_path, num=2, max_attempts=1, max_requests=9), progress=False)
+    assert report.requests == 9 and not report.complete
+    assert report.rejected == Counter({"request_failed": 6, "invalid_json": 3})

@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from topa_plugin.textvid.backends import Backend, BackendError, Completion, TransientBackendError
+from topa_plugin.textvid.backends import Backend, BackendError, Completion, ConnectionFailure, TransientBackendError
 from topa_plugin.textvid.records import TextVidRecord, append_jsonl, read_textvid, validate_records
 
 log = logging.getLogger(__name__)
