@@ -27,7 +27,6 @@ from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
 from topa_plugin.utils.constants import BASE_DIR, MEMORY_FILE, TOKENIZER_FILES
 from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, save_adapter
 
-
 logger = logging.getLogger(__name__)
 
 

@@ -160,8 +160,8 @@ def test_missing_data_or_video_folder(tmp_path):
 
 
 def test_duplicate_rows_and_duplicate_options_are_reported(tmp_path, video_dir):
-    rows = [row(0), row(1), row(0, question="What does  C do?"),
-            row(2, option=["A. c sits", "B. c reads", "C. C  SITS", "D. c writes", "E. c sleeps"])]
+    same_text = ["A. c sits", "B. c reads", "C. C  SITS", "D. c writes", "E. c sleeps"]
+    rows = [row(0), row(1), row(0, question="What does  C do?"), row(2, option=same_text)]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(TaskDataError) as err:

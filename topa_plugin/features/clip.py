@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from safetensors import SafetensorError
 
 from topa_plugin.utils.hashing import file_sha256
