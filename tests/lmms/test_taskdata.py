@@ -123,13 +123,18 @@ def test_task_folder_from_parquet_with_relative_paths_and_unlettered_options(tmp
     assert sorted(p.name for p in out.glob("*.yaml")) == sorted(p.name for p in TASKS_DIR.glob("*.yaml"))
 
 
-def test_every_bad_row_is_reported_with_file_row_and_field(tmp_path, video_dir):
-    data = tmp_path / "rows.jsonl"
-    rows = [row(0, answer="3"), row(1, option=OPTIONS[:4]), row(2, answer=True), row(3), row(4, question="")]
+def refusal(data, video_dir, rows) -> str:
+    """The TaskDataError message for these rows written to ``data``."""
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(TaskDataError) as info:
         prepare_rows(data, video_dir)
-    message = str(info.value)
+    return str(info.value)
+
+
+def test_every_bad_row_is_reported_with_file_row_and_field(tmp_path, video_dir):
+    data = tmp_path / "rows.jsonl"
+    rows = [row(0, answer="3"), row(1, option=OPTIONS[:4]), row(2, answer=True), row(3), row(4, question="")]
+    message = refusal(data, video_dir, rows)
     assert message.startswith(f"4 problem(s) in {data}:")
     assert f"{data} row 1 (video_idx 'v1') field 'option': expected 5 non-empty strings" in message
     assert f"{data} row 2 (video_idx 'v2') field 'answer': expected an option index 0-4, got True" in message
@@ -163,10 +168,7 @@ def test_duplicate_rows_and_duplicate_options_are_reported(tmp_path, video_dir):
     same_text = ["A. c sits", "B. c reads", "C. C  SITS", "D. c writes", "E. c sleeps"]
     rows = [row(0), row(1), row(0, question="What does  C do?"), row(2, option=same_text)]
     data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(TaskDataError) as err:
-        prepare_rows(data, video_dir)
-    message = str(err.value)
+    message = refusal(data, video_dir, rows)
     assert message.startswith(f"2 problem(s) in {data}")
     assert f"{data} row 2 (video_idx 'v0'): duplicate of row 0 (same video_idx and question)" in message
     assert f"{data} row 3 (video_idx 'v2') field 'option': options A, C have the same text" in message
