@@ -50,6 +50,13 @@ def ws(tmp_path_factory, toy_clip, toy_llama_dir):
     (root / "partial_config.json").write_text(json.dumps({"embed_dim": 8, "vision_cfg": {}}))
     (root / "corrupt_weights.safetensors").write_bytes(b"garbage" * 10)
     (root / "truncated.pkl").write_bytes(pickle.dumps(torch.randn(4, 8).numpy())[:60])
+    torch.save({"model": {"w": torch.randn(64, 64)}}, root / "checkpoint.pth")
+    (root / "truncated.pth").write_bytes((root / "checkpoint.pth").read_bytes()[:4000])
+    release = root / "release_features"
+    release.mkdir()
+    for i, record in enumerate(read_textvid(textvid)):  # the release's features/{idx}.pkl, the first one cut short
+        rows = pickle.dumps(torch.randn(sum(len(f) for f in record.frames), 8).numpy())
+        (release / f"{record.idx}.pkl").write_bytes(rows[: len(rows) // 2] if i == 0 else rows)
     bad_id = {**json.loads(textvid.read_text().splitlines()[0]), "idx": "../escape"}
     (root / "bad_id.jsonl").write_text(json.dumps(bad_id) + "\n")
     plugin = build_topa_checkpoint(root / "plugin", toy_llama_dir)
@@ -118,6 +125,13 @@ CASES = [
          r"--precision 'fp13': open_clip precisions are fp32, fp16", "features textvid"),
     Case("truncated-release-pkl", lambda ws: ["memory", "import", "--pkl", str(ws.root / "truncated.pkl"), "--out", "m.st"],
          r"truncated.pkl: not a readable pickle", "memory import"),
+    Case("truncated-release-feature-pkl", lambda ws: ["features", "import-release", "--textvid", str(ws.textvid),
+                                                      "--features-dir", str(ws.root / "release_features"),
+                                                      "--out", str(ws.root / "imported")],
+         r"release_features/\S+\.pkl: not a readable pickle", "features import-release"),
+    Case("truncated-release-checkpoint", lambda ws: ["convert-official", "--base", str(ws.llama), "--checkpoint",
+                                                     str(ws.root / "truncated.pth"), "--out", str(ws.root / "converted")],
+         r"truncated.pth: truncated or corrupt torch.save zip archive", "convert-official"),
     Case("empty-textvid-0-bytes", lambda ws: features_textvid(ws, textvid=ws.root / "empty.jsonl"),
          r"empty.jsonl: no records", "features textvid"),
     Case("empty-textvid-list", lambda ws: features_textvid(ws, textvid=ws.root / "empty.json"),
