@@ -24,6 +24,7 @@ from topa_plugin.features.transforms import l2_normalize, sample_frames
 from topa_plugin.features.validation import check_frame_features
 from topa_plugin.generation import TopaGenerationMixin
 from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
+from topa_plugin.utils.atomic import share_like_new_files
 from topa_plugin.utils.constants import BASE_DIR, MEMORY_FILE, TOKENIZER_FILES
 from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, save_adapter
 
@@ -233,6 +234,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         config = copy.deepcopy(self.config)
         if save_base:
             self.llm.save_pretrained(directory / BASE_DIR)
+            share_like_new_files(directory / BASE_DIR)
             config.base_model_name_or_path = BASE_DIR
         elif not config.base_model_name_or_path:
             raise ValueError("config.base_model_name_or_path is not set: set it or save with save_base=True")

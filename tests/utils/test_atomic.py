@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from topa_plugin.utils.atomic import atomic_write, atomic_write_bytes, new_file_mode
+from topa_plugin.utils.atomic import atomic_write, atomic_write_bytes, new_file_mode, share_like_new_files
 
 
 @pytest.fixture(params=[0o022, 0o027])
@@ -42,6 +42,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_write(path, broken)
     assert path.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["keep.txt"]
+
+
+def test_files_left_private_by_a_third_party_writer_get_the_umask_mode(tmp_path, umask):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))  # safetensors creates it 0600
+    (tmp_path / "sub").mkdir()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "sub" / "shard.safetensors"))
+    share_like_new_files(tmp_path)
+    assert {mode(tmp_path / "model.safetensors"), mode(tmp_path / "sub" / "shard.safetensors")} == {0o666 & ~umask}
 
 
 def test_project_outputs_are_not_private(tmp_path, umask):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from topa_plugin.release.safeload import load_release_pickle
+from topa_plugin.utils.atomic import share_like_new_files
 
 
 class ConversionError(ValueError):
@@ -296,6 +297,7 @@ def write_hf_base(files: MetaFiles, config, out_dir: str | Path, dtype: torch.dt
     out_dir = Path(out_dir)
     llm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    share_like_new_files(out_dir)
     shutil.copy(files.tokenizer, out_dir / "tokenizer.model")
     return llm, tokenizer
 

@@ -47,6 +47,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, tmp:
     return path
 
 
+def share_like_new_files(directory: str | os.PathLike) -> None:
+    """Give the files a third-party writer just left private (safetensors through transformers' save_pretrained
+    creates 0600 files) the mode a new file gets under the umask."""
+    mode = new_file_mode()
+    for path in Path(directory).rglob("*"):
+        if path.is_file() and path.stat().st_mode & 0o777 == 0o600 != mode:
+            os.chmod(path, mode)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, **kwargs) -> Path:
     """``atomic_write`` of a bytes payload."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data), **kwargs)
