@@ -1,8 +1,8 @@
 """Every bad input found so far, through the real `topa` CLI: exit status 2 and one line,
 ``topa <command>: error: <what, naming the file/record/field>``, never a traceback.
 
-One table drives both runners: ``cli.main`` in this process (stderr captured) for every case, and a
-``topa`` subprocess (``python -m topa_plugin.cli``) for a representative subset.
+One table drives both runners: ``cli.main`` in this process (stderr captured) for every case, and the
+installed ``topa`` script in a subprocess for a representative subset.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -197,6 +198,8 @@ def test_bad_input_is_one_line_and_exit_2(case, ws, capsys, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CASES if c.subprocess], ids=[c.id for c in CASES if c.subprocess])
 def test_bad_input_through_the_topa_process(case, ws):
-    done = subprocess.run([sys.executable, "-m", "topa_plugin.cli", *case.argv(ws)], cwd=ws.root,
+    script = Path(sys.executable).with_name("topa")  # the installed console script, as a user runs it
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "topa_plugin.cli"]
+    done = subprocess.run([*command, *case.argv(ws)], cwd=ws.root,
                           capture_output=True, text=True, timeout=300, check=False)
     _check(done.returncode, done.stderr, case)
