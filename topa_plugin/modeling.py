@@ -26,7 +26,6 @@ from topa_plugin.utils.constants import BASE_DIR, MEMORY_FILE, TOKENIZER_FILES
 from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, save_adapter
 
 
-
 class TopaAdapter(nn.Module):
     """The trainable parts: visual projection, temporal embedding, adapter prompts and per-head gates.
 

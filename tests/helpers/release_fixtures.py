@@ -148,10 +148,7 @@ def build_release(root: str | Path, *, dim: int = 64, n_layers: int = 4, n_heads
     llama_root = root / "llama"
     llama_dir = llama_root / "7B"
     llama_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is None:
-        tokenizer = train_toy_tokenizer(llama_root / "tok")
-    else:
-        tokenizer = Path(tokenizer_dir) / "tokenizer.model"
+    tokenizer = train_toy_tokenizer(llama_root / "tok") if tokenizer_dir is None else Path(tokenizer_dir) / "tokenizer.model"
     (llama_root / "tokenizer.model").write_bytes(tokenizer.read_bytes())
     tokenizer = llama_root / "tokenizer.model"
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()

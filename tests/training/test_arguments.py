@@ -14,8 +14,8 @@ import pytest
 import transformers
 
 from topa_plugin.training import llava_compat
-from topa_plugin.training.trainer import decays
 from topa_plugin.training.arguments import parse_arguments
+from topa_plugin.training.trainer import decays
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REQUIRED = ["--data_path", "d.jsonl", "--feature_folder", "feats", "--model_name_or_path", "llm", "--use_cpu", "True"]

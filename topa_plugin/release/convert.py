@@ -20,8 +20,8 @@ import torch
 
 from topa_plugin.release.meta_llama import (
     ConversionError,
-    meta_device_llm,
     find_meta_files,
+    meta_device_llm,
     meta_llama_config,
     write_hf_base,
 )

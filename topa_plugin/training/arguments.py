@@ -9,10 +9,10 @@ from pathlib import Path
 
 import transformers
 
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-
 from topa_plugin.training.llava_compat import BACKENDS, default_backend
 from topa_plugin.training.samples import OVERLONG_POLICIES
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 TASKS = ("pretrain", "finetune")
 
@@ -33,7 +33,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str | None = field(default=None, metadata={"help": "TextVid .json/.jsonl (pretrain) or video-QA .csv/.jsonl/.json (finetune)."})
+    data_path: str | None = field(default=None, metadata={
+        "help": "TextVid .json/.jsonl (pretrain) or video-QA .csv/.jsonl/.json (finetune)."})
     feature_folder: str | None = field(default=None, metadata={"help": "Output folder of `topa features textvid|videos`."})
     task: str = field(default="pretrain", metadata={"help": "pretrain (TextVid task mix) or finetune (video QA).", "choices": TASKS})
     max_seq_len: int = field(default=150, metadata={"help": "Prompt tokens kept per sample (the release truncates)."})
