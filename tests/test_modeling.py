@@ -1,4 +1,4 @@
-"""TopaForCausalLM against the independent plain-torch oracle in tests/reference_topa.py."""
+"""TopaForCausalLM against the independent plain-torch oracle in tests/helpers/reference_topa.py."""
 
 from __future__ import annotations
 

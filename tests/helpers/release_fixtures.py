@@ -284,7 +284,7 @@ def meta_logits(release: ReleaseFiles, tokens: list[int], video: torch.Tensor | 
 
 def release_scores(release: ReleaseFiles, sp, features, question: str, options: list[str], use_memory: bool):
     """The release protocol on the Meta-format release: one full forward per option, mean NLL from the
-    first differing token through </s>. Video preparation and prompts come from tests/reference_topa.py."""
+    first differing token through </s>. Video preparation and prompts come from tests/helpers/reference_topa.py."""
     from tests.helpers.reference_topa import reference_mc_sequences, reference_video
 
     max_feats = release.args.max_feats

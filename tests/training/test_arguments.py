@@ -109,9 +109,20 @@ def test_warmup_ratio_becomes_a_ratio_of_warmup_steps():
         parse_arguments(REQUIRED + ["--warmup_ratio", "0.05", "--warmup_steps", "10"])
 
 
-def test_length_check_is_on_by_default_and_overlong_policy_is_validated():
+def test_unset_data_settings_take_the_datasets_release_defaults_and_overlong_is_validated():
+    import inspect
+
+    from topa_plugin.training.textvid_dataset import TextVidDataset
+    from topa_plugin.training.videoqa_dataset import VideoQADataset
+
     _, data_args, _ = parse_arguments(REQUIRED)
-    assert data_args.check_lengths is True and data_args.overlong == "error"
+    unset = (data_args.max_seq_len, data_args.answer_balance, data_args.check_lengths, data_args.overlong)
+    assert unset == (None, None, None, None)
+    textvid, videoqa = (inspect.signature(d).parameters for d in (TextVidDataset, VideoQADataset))
+    # the release: pre-alignment 150 tokens with balanced answers, finetuning 128 without
+    assert (textvid["max_seq_len"].default, textvid["answer_balance"].default) == (150, True)
+    assert (videoqa["max_seq_len"].default, videoqa["answer_balance"].default) == (128, False)
+    assert all(d["check_lengths"].default is True and d["overlong"].default == "error" for d in (textvid, videoqa))
     _, data_args, _ = parse_arguments(REQUIRED + ["--overlong", "skip", "--check_lengths", "False"])
     assert data_args.overlong == "skip" and data_args.check_lengths is False
     with pytest.raises(SystemExit):
