@@ -115,6 +115,18 @@ def _uncached_greedy(model, prompt, frames, steps: int) -> list[int]:
     return generated
 
 
+def test_training_loss_reaches_every_trainable(model):
+    """The training path (labels, no cache) sends gradient to every adapter tensor, soft-capped layers too."""
+    prompt = model.processor.encode_multiple_choice(*QUESTION, answer=3)
+    model.zero_grad()
+    loss = model(torch.tensor([prompt.input_ids]), video(model)[None], prompt.video_start,
+                 labels=torch.tensor([prompt.labels])).loss
+    loss.backward()
+    for name, param in model.adapter.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+    model.zero_grad()
+
+
 def test_save_load_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path / "plugin", save_base=True)
     loaded = TopaForCausalLM.from_pretrained(tmp_path / "plugin")

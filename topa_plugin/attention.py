@@ -106,7 +106,7 @@ def capped_attention(module, query, key, value, mask, scaling, softcap, bias=Non
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     scores = softcap * torch.tanh(scores / softcap)
     if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # as eager: no NaN rows
     elif mask is not None:
         scores = scores + mask
     if bias is not None:
