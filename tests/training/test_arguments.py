@@ -29,6 +29,9 @@ RELEASE = {
     "finetune_star_llama2_13b": (384, 5e-3, 5, 128),
     "finetune_tvqa_llama2_13b": (384, 5e-3, 5, 128),
 }
+# Recipes beyond the release, scaled from pretrain_llama3_8b (their headers say how):
+# (effective batch on 4 GPUs, base lr, adapter_layer = the model's depth)
+SCALED = {"pretrain_qwen2.5_7b": (448, 5e-3, 28), "pretrain_llama3.1_8b": (448, 5e-3, 32)}
 
 
 def hide_llava(monkeypatch):
@@ -79,6 +82,16 @@ def test_launch_script_parses_with_the_release_hyperparameters(name):
         assert data_args.task == "pretrain" and data_args.answer_balance
     else:
         assert data_args.task == "finetune" and model_args.init_from and data_args.layout in name
+
+
+@pytest.mark.parametrize("name", sorted(SCALED))
+def test_scaled_recipes_parse_with_the_llama3_8b_hyperparameters(name):
+    model_args, data_args, args = parse_arguments(["--config", name, "--use_cpu", "True"])
+    effective, blr, depth = SCALED[name]
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 4 == effective
+    assert args.base_learning_rate == pytest.approx(blr) and args.num_train_epochs == 20
+    assert model_args.adapter_layer == depth and model_args.adapter_len == 50 and data_args.max_seq_len == 150
+    assert data_args.task == "pretrain" and args.bf16
 
 
 def test_zero3_config_is_valid_json():
@@ -190,7 +203,7 @@ def test_shipped_recipes_resolve_by_name_and_by_model_folder(tmp_path):
     from topa_plugin.training.arguments import resolve_config, shipped_configs
 
     names = {name for name in shipped_configs() if "/" not in name}
-    assert names == set(RELEASE)
+    assert names == set(RELEASE) | set(SCALED)
     assert resolve_config("pretrain_llama2_7b") == resolve_config("llama2/pretrain_llama2_7b.yaml")
     own = tmp_path / "pretrain_llama2_7b"
     own.write_text("seed: 3\n")
