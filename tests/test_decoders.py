@@ -21,7 +21,8 @@ FEATURE_DIM = 32
 MAX_FEATS = 10
 ADAPTER_LAYER = 3  # of 4: the lowest layer runs without adapter
 TOLERANCE = 1e-4
-QUESTION = ("what did the person do after picking up the knife", ["cut the onion", "washed the pan", "opened the fridge", "poured the water", "left the kitchen"])
+QUESTION = ("what did the person do after picking up the knife",
+            ["cut the onion", "washed the pan", "opened the fridge", "poured the water", "left the kitchen"])
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_CONFIGS))
