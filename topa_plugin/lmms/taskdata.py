@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from topa_plugin.utils import rowfiles
 from topa_plugin.lmms.choices import letters_and_texts
+from topa_plugin.utils import rowfiles
 from topa_plugin.utils.ids import id_problem
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
