@@ -10,16 +10,12 @@ import argparse
 from pathlib import Path
 
 from topa_plugin.commands import fail
+from topa_plugin.utils.errors import first_line
 
 COMMAND = "train"
 PROG = "topa train"
 # Flags whose value an --init_from checkpoint fixes: giving a different one is a contradiction.
 CHECKPOINT_FIXED = ("adapter_len", "max_feats")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _parse(argv: list[str]):
@@ -35,7 +31,7 @@ def _parse(argv: list[str]):
             fail(COMMAND, exc.code)
         raise
     except (OSError, ValueError) as exc:  # an unreadable or malformed --config
-        fail(COMMAND, _first_line(exc))
+        fail(COMMAND, first_line(exc))
     return model_args, data_args, {arg[2:].split("=", 1)[0] for arg in given if arg.startswith("--")}
 
 
@@ -47,7 +43,7 @@ def _check_llm(name: str, hint: str) -> None:
         transformers.AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         fail(COMMAND, f"--model_name_or_path {name}: not a Hugging Face model folder or reachable hub id{hint} "
-                      f"({_first_line(exc)})")
+                      f"({first_line(exc)})")
 
 
 def _check_init_from(model_args, given: set[str]) -> None:
@@ -60,7 +56,7 @@ def _check_init_from(model_args, given: set[str]) -> None:
     try:
         config = TopaConfig.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
-        fail(COMMAND, f"--init_from {directory / 'config.json'}: not a TOPA config ({_first_line(exc)})")
+        fail(COMMAND, f"--init_from {directory / 'config.json'}: not a TOPA config ({first_line(exc)})")
     for name in CHECKPOINT_FIXED:
         value = getattr(model_args, name)
         if name in given and value != getattr(config, name):

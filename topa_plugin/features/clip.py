@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from topa_plugin.utils.errors import first_line
 from topa_plugin.utils.hashing import file_sha256
 
 DEFAULT_MODEL = "ViT-L-14"
@@ -138,8 +139,7 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
         clip_model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, precision=precision, device=device, **extra)
     except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClipLoadError(f"CLIP {model} with weights {pretrained}: cannot load ({first})") from exc
+        raise ClipLoadError(f"CLIP {model} with weights {pretrained}: cannot load ({first_line(exc)})") from exc
     clip_model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     embed_dim = _embed_dim(clip_model, tokenizer, device)

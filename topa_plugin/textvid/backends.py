@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from topa_plugin.utils.errors import first_line
+
 log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -182,9 +184,8 @@ class HFBackend:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
-        except (OSError, ValueError) as e:  # transformers' messages run to many lines; the first says it
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackendError(f"--model {model}: cannot load it as a local transformers model ({first})") from e
+        except (OSError, ValueError) as e:
+            raise BackendError(f"--model {model}: cannot load it as a local transformers model ({first_line(e)})") from e
         self.max_positions = getattr(self.lm.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
         if not getattr(self.tokenizer, "chat_template", None):
