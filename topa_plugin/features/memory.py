@@ -189,12 +189,8 @@ def _row_digests(rows: torch.Tensor) -> np.ndarray:
 
 
 def _memory_rows(store: FeatureStore, idx: str) -> torch.Tensor:
-    """A record's frames as normalised fp16 memory rows; zero rows are an error."""
-    rows = store.get(idx)
-    zero = (rows.abs().amax(dim=1) == 0).nonzero().flatten().tolist()
-    if zero:
-        raise FeatureError(f"{store.directory}: record {idx!r}: frame(s) {zero} are zero vectors")
-    return l2_normalize(rows).half()
+    """A record's frames as normalised fp16 memory rows (``FeatureStore.get`` refuses zero and NaN frames)."""
+    return l2_normalize(store.get(idx)).half()
 
 
 def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0) -> tuple[torch.Tensor, dict]:
