@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from topa_plugin.commands import check_output_dir, positive_int
 
 COMMAND = "features"
-# What a store folder of ours holds, so a rerun on a half-written store resumes instead of being refused.
-STORE_FILES = ("index.json", "progress.json", "shard-*", "*.tmp")
+# Files that mark a folder as a (finished or half-written) feature store, which a rerun resumes.
+STORE_FILES = ("index.json", "progress*", "shard-*", "*.tmp")
 
 
 def _default_device() -> str:
@@ -40,7 +41,9 @@ def _encoder(args):
 
 def _report(args, run) -> int:
     """Check --out, then run a job; input errors (``commands.input_errors``) become one clear line, exit 2."""
-    check_output_dir(f"{COMMAND} {args.features_command}", args.out, STORE_FILES)
+    out = Path(args.out)
+    is_store = out.is_dir() and any(p.match(pattern) for p in out.iterdir() for pattern in STORE_FILES)
+    check_output_dir(f"{COMMAND} {args.features_command}", out, ("*",) if is_store else ())
     index = run()
     print(f"wrote {index}")
     return 0
