@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "topa_plugin.commands.textvid",
     "topa_plugin.commands.train",
     "topa_plugin.commands.convert_official",
+    "topa_plugin.commands.eval",
 ]
 
 
