@@ -26,7 +26,7 @@ class TaskCase:
     kind: str  # "rank" (options shown), "loglikelihood" (multiple_choice task), "generate", "caption"
     options: Callable[[dict], list[str]] | None = None  # expected option texts of a (processed) doc
     answer: Callable[[dict], int] | None = None  # gold option index of a (processed) doc
-    correct: Callable[[dict], bool] | None = None  # the task's own verdict, read from a logged sample
+    correct: Callable[[dict, dict], bool] | None = None  # the task's own verdict from (logged sample, doc)
     labels: Callable[[dict, int], str] | None = None  # reply for option i of a doc, in its prompt's label style
     yaml_path: Path | None = None  # a variant shipped by topa_plugin instead of an installed yaml
     extra_files: dict[str, str] = field(default_factory=dict)  # path under $HF_HOME -> text
@@ -52,7 +52,7 @@ def egoschema_cases() -> list[TaskCase]:
 
     common = {"videos": {"egoschema/videos/ego-0001.mp4": 1},
               "options": lambda d: [_strip_label(o) for o in d["option"]], "answer": lambda d: int(d["answer"]),
-              "correct": lambda s: s["score"]["pred"] == s["score"]["ground_truth"]}
+              "correct": lambda s, d: s["score"]["pred"] == s["score"]["ground_truth"]}
     return [
         TaskCase("egoschema_subset", docs(texts), kind="rank", labels=lambda d, i: LETTERS[i], **common),
         # lmms-eval's egoschema_doc_to_choice cuts options at their second "." (documented): plain texts here
@@ -72,7 +72,7 @@ def mvbench_cases() -> list[TaskCase]:
         cases.append(TaskCase(
             f"mvbench_{sub}", docs, {f"mvbench_video/{folder}/clip.mp4": 10 + seed}, "rank",
             options=lambda d: list(d["candidates"]), answer=lambda d: d["candidates"].index(d["answer"]),
-            correct=lambda s: s["mvbench_accuracy"]["score"] == 1, labels=lambda d, i: f"({LETTERS[i]})"))
+            correct=lambda s, d: s["mvbench_accuracy"]["score"] == 1, labels=lambda d, i: f"({LETTERS[i]})"))
     return cases
 
 
@@ -84,7 +84,7 @@ def nextqa_cases() -> list[TaskCase]:
                                       "type": "CW", **{f"a{j}": a for j, a in enumerate(answers)}}, 5)
     return [TaskCase("nextqa_mc_test", docs, {"nextqa/NExTVideo/4010069381.mp4": 30}, "rank",
                      options=lambda d: [d[f"a{j}"] for j in range(5)], answer=lambda d: int(d["answer"]),
-                     correct=lambda s: bool(s["exact_match"]), labels=lambda d, i: LETTERS[i])]
+                     correct=lambda s, d: bool(s["exact_match"]), labels=lambda d, i: LETTERS[i])]
 
 
 # ----- Video-MME and its variants -----
@@ -112,14 +112,13 @@ def videomme_cases(shipped_tasks: Path) -> list[TaskCase]:
     videos = {"videomme/data/vmme-0001.mp4": 40}
     letter_checks = {"options": lambda d: [_strip_label(o) for o in d["options"]],
                      "answer": lambda d: LETTERS.index(d["answer"]),
-                     "correct": lambda s: s["videomme_perception_score"]["pred_answer"] == s["videomme_perception_score"]["answer"]}
+                     "correct": lambda s, d: s["videomme_perception_score"]["pred_answer"] == s["videomme_perception_score"]["answer"]}
     number_checks = {**letter_checks, "answer": lambda d: int(d["answer"]) - 1}
     return [
         TaskCase("videomme", _videomme_docs(), videos, "rank", labels=lambda d, i: LETTERS[i], **letter_checks),
         TaskCase("videomme_w_subtitle", _videomme_docs(), videos, "rank", labels=lambda d, i: LETTERS[i],
                  extra_files={"videomme/subtitle/vmme-0001.srt": _VIDEOMME_SRT}, **letter_checks),
-        TaskCase("videomme_revert_oe_mcq", _videomme_docs()[:1], videos, "generate",
-                 correct=lambda s: s["acc_score"] in (0.0, 1.0)),
+        TaskCase("videomme_revert_oe_mcq", _videomme_docs()[:1], videos, "generate"),
         TaskCase("topa_videomme_number_option", _videomme_docs(), videos, "rank", labels=lambda d, i: str(i + 1),
                  yaml_path=shipped_tasks / "topa_videomme_number_option.yaml", **number_checks),
         TaskCase("topa_videomme_random_choice", _videomme_docs(), videos, "rank", labels=lambda d, i: LETTERS[i],
@@ -137,7 +136,7 @@ def perceptiontest_cases(shipped_tasks: Path) -> list[TaskCase]:
             "options": options, "answer_id": k, "area": "physics", "reasoning": "counting", "tag": ["t"]}, 3)
 
     val = {"options": lambda d: list(d["options"]), "answer": lambda d: int(d["answer_id"]),
-           "correct": lambda s: s["accuracy"]["correct"] == 1}
+           "correct": lambda s, d: s["accuracy"]["correct"] == 1}
     return [
         TaskCase("perceptiontest_val_mc", docs(), {"perceptiontest_val/videos/video_1001.mp4": 50}, "rank",
                  labels=lambda d, i: LETTERS[i], **val),
@@ -146,7 +145,7 @@ def perceptiontest_cases(shipped_tasks: Path) -> list[TaskCase]:
         TaskCase("perceptiontest_test_mc", docs(), {"perceptiontest/videos/video_1001.mp4": 50}, "rank",
                  labels=lambda d, i: LETTERS[i], options=lambda d: list(d["options"]),
                  answer=lambda d: int(d["answer_id"]),
-                 correct=lambda s: s["submission"]["pred_id"] == s["doc"]["answer_id"]),
+                 correct=lambda s, d: s["submission"]["pred_id"] == d["answer_id"]),
     ]
 
 
@@ -163,7 +162,7 @@ def tempcompass_cases() -> list[TaskCase]:
         for header, lines in (("Which caption matches the video?", captions), ("Which sentence matches the video?", sentences))
         for k in range(2)
     ]
-    rating = {"correct": lambda s: s["avg_accuracy"]["rating"] == 1}
+    rating = {"correct": lambda s, d: s["avg_accuracy"]["rating"] == 1}
     return [
         TaskCase("tempcompass_multi_choice", mc, {"tempcompass/videos/tc_mc.mp4": 60}, "rank",
                  options=lambda d: [_strip_label(o) for o in d["question"].split("\n")[1:]],
@@ -183,7 +182,7 @@ def mlvu_cases() -> list[TaskCase]:
     return [TaskCase("mlvu_dev", docs, {"mlvu/mlvu_1.mp4": 70}, "rank",
                      options=lambda d: [o[4:] for o in d["question"].split("\n")[1:]],
                      answer=lambda d: LETTERS.index(d["answer"]), labels=lambda d, i: f"({LETTERS[i]})",
-                     correct=lambda s: s["mlvu_percetion_score"]["pred_answer"] == s["mlvu_percetion_score"]["answer"])]
+                     correct=lambda s, d: s["mlvu_percetion_score"]["pred_answer"] == s["mlvu_percetion_score"]["answer"])]
 
 
 # ----- captioning -----

@@ -22,6 +22,7 @@ RUN_FAILED = 1  # lmms-eval ran but produced no results (2 stays for bad argumen
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         COMMAND,
+        usage="topa eval [lmms-eval arguments]",
         help="run lmms-eval with the given arguments; exit non-zero unless it wrote a results file",
         description=(
             "Runs `python -m lmms_eval ARGS` (e.g. --model topa --model_args ... --tasks ... "
@@ -30,8 +31,7 @@ def register(subparsers) -> None:
             "variants shipped with this package are found with --include_path \"$(topa lmms-tasks)\"."
         ),
     )
-    parser.add_argument("lmms_eval_args", nargs=argparse.REMAINDER, metavar="ARGS", help="lmms-eval arguments")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, passthrough=[])
 
 
 def output_path(args: list[str]) -> Path | None:
@@ -52,7 +52,7 @@ def new_results(out: Path, since: float) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    lmms_args = [a for a in args.lmms_eval_args if a != "--"]
+    lmms_args = [a for a in args.passthrough if a != "--"]
     out = output_path(lmms_args)
     if out is None:
         fail(COMMAND, "--output_path DIR is required: without it lmms-eval writes no results file to check")
