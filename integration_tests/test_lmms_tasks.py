@@ -68,8 +68,13 @@ def run_cli(command: list[str], root: Path, model_args: dict, tasks, out: Path) 
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200, check=False)
 
 
+def results_files(out: Path) -> list[Path]:
+    """lmms-eval's <model>/<date id>_results.json (tasks may write submissions/*_results.json too)."""
+    return [p for p in out.glob("*/*_results.json") if p.parent.name != "submissions"]
+
+
 def read_results(out: Path, done: subprocess.CompletedProcess) -> dict:
-    results = list(out.rglob("*_results.json"))
+    results = results_files(out)
     assert len(results) == 1, f"results files {results}; output:\n{(done.stdout + done.stderr)[-6000:]}"
     return json.loads(results[0].read_text())["results"]
 
@@ -171,7 +176,7 @@ def test_captioning_tasks_use_the_authors_protocol_through_topa_eval(caption_run
     from topa_plugin.modeling import TopaForCausalLM
 
     root, names, log, out, results, done = caption_run
-    assert f"topa eval: results: {next(out.rglob('*_results.json'))}" in done.stdout
+    assert f"topa eval: results: {results_files(out)[0]}" in done.stdout
     model = TopaForCausalLM.from_pretrained(root / "model" / "checkpoint")
     encoder = load_clip(str(toy_clip[0]), str(toy_clip[1]))
     for name, case in names.items():

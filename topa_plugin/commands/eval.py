@@ -8,6 +8,7 @@ exits non-zero unless a new ``*_results.json`` appeared under ``--output_path``.
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from topa_plugin.commands import fail
 
 COMMAND = "eval"
 RUN_FAILED = 1  # lmms-eval ran but produced no results (2 stays for bad arguments)
+# <output_path>/<model>/<date id>_results.json; tasks' own files (submissions/*_results.json) do not count
+RESULTS_FILE = re.compile(r"^\d{8}_\d{6}_results\.json$")
 
 
 def register(subparsers) -> None:
@@ -45,10 +48,10 @@ def output_path(args: list[str]) -> Path | None:
 
 
 def new_results(out: Path, since: float) -> list[Path]:
-    """Results files under ``out`` written at or after ``since`` (epoch seconds)."""
+    """lmms-eval results files under ``out`` written at or after ``since`` (epoch seconds)."""
     if not out.is_dir():
         return []
-    return sorted(p for p in out.rglob("*_results.json") if p.stat().st_mtime >= since)
+    return sorted(p for p in out.glob("*/*_results.json") if RESULTS_FILE.match(p.name) and p.stat().st_mtime >= since)
 
 
 def run(args: argparse.Namespace) -> int:
