@@ -25,6 +25,7 @@ from tests.helpers.lmms_task_cases import (
     VIDEOMME_SUBTITLE,
     captioning_cases,
     egoschema_cases,
+    longvideobench_cases,
     mlvu_cases,
     mvbench_cases,
     nextqa_cases,
@@ -38,7 +39,7 @@ from topa_plugin.lmms.taskdata import TASKS_DIR
 
 def choice_cases() -> list:
     return [*egoschema_cases(), *mvbench_cases(), *nextqa_cases(), *videomme_cases(TASKS_DIR),
-            *perceptiontest_cases(TASKS_DIR), *tempcompass_cases(), *mlvu_cases()]
+            *perceptiontest_cases(TASKS_DIR), *tempcompass_cases(), *mlvu_cases(), *longvideobench_cases()]
 
 
 def write_fixture(root: Path, cases: list) -> dict:
@@ -192,12 +193,13 @@ def test_captioning_tasks_use_the_authors_protocol_through_topa_eval(caption_run
 
 
 def test_topa_eval_fails_when_lmms_eval_writes_no_results(caption_run, toy_clip, tmp_path):
-    root, names, *_ = caption_run
-    (root / "hf_home" / next(iter(captioning_cases()[0].videos))).rename(tmp_path / "moved.mp4")  # vatex video gone
+    root = caption_run[0]
+    video = root / "hf_home" / next(iter(captioning_cases()[0].videos))  # vatex_test's video
+    video.rename(tmp_path / "moved.mp4")
     try:
         model_args = {"pretrained": root / "model" / "checkpoint", **clip_args(toy_clip)}
         done = run_cli([sys.executable, "-m", "topa_plugin.cli", "eval"], root, model_args, ["copy_vatex_test"], tmp_path / "out")
     finally:
-        (tmp_path / "moved.mp4").rename(root / "hf_home" / next(iter(captioning_cases()[0].videos)))
+        (tmp_path / "moved.mp4").rename(video)
     assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
     assert f"topa eval: error: lmms-eval wrote no *_results.json under {tmp_path / 'out'}" in done.stderr

@@ -14,6 +14,7 @@ from topa_plugin.captioning import (
     word_start_id,
 )
 
+
 @pytest.fixture(scope="module")
 def caption_model(tmp_path_factory):
     from tests.helpers.lmms_fixtures import build_caption_checkpoint

@@ -9,9 +9,9 @@ caption-matching lists); the truth each check uses is written here, next to the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 LETTERS = "ABCDE"
 
@@ -64,9 +64,9 @@ def egoschema_cases() -> list[TaskCase]:
 def mvbench_cases() -> list[TaskCase]:
     from lmms_eval.tasks.mvbench.utils import DATA_LIST
 
+    candidates = ["the man waves a U.S. flag", "the man sits down"]
     cases = []
     for seed, (sub, folder) in enumerate(sorted(DATA_LIST.items())):
-        candidates = ["the man waves a U.S. flag", "the man sits down"]
         docs = _one_per_answer(lambda k: {"video": "clip.mp4", "question": "what is the man doing?",
                                           "candidates": candidates, "answer": candidates[k]}, 2)
         cases.append(TaskCase(
@@ -183,6 +183,18 @@ def mlvu_cases() -> list[TaskCase]:
                      options=lambda d: [o[4:] for o in d["question"].split("\n")[1:]],
                      answer=lambda d: LETTERS.index(d["answer"]), labels=lambda d, i: f"({LETTERS[i]})",
                      correct=lambda s, d: s["mlvu_percetion_score"]["pred_answer"] == s["mlvu_percetion_score"]["answer"])]
+
+
+# ----- LongVideoBench (its utils import decord) -----
+def longvideobench_cases() -> list[TaskCase]:
+    options = ["a U.S. flag", "a red car", "a green tree", "a blue door", "N/A"]  # "N/A": no fifth option
+    docs = _one_per_answer(lambda k: {
+        "id": "lvb_1", "video_path": "lvb_1.mp4", "duration": 2.0, "duration_group": 15, "question_category": "S2E",
+        "question": "What is shown at the start?", "correct_choice": k, **{f"option{j}": o for j, o in enumerate(options)}}, 4)
+    return [TaskCase("longvideobench_val_v", docs, {"datasets/longvideobench/videos/lvb_1.mp4": 90}, "rank",
+                     options=lambda d: [d[f"option{j}"] for j in range(5) if d[f"option{j}"] != "N/A"],
+                     answer=lambda d: int(d["correct_choice"]), labels=lambda d, i: LETTERS[i],
+                     correct=lambda s, d: s["lvb_acc"]["parsed_pred"] == s["lvb_acc"]["answer"])]
 
 
 # ----- captioning -----

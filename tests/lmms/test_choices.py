@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from topa_plugin.lmms.choices import AmbiguousOptionsError, OptionList, option_texts, parse_options
+from topa_plugin.lmms.choices import (
+    AmbiguousOptionsError,
+    OptionList,
+    option_texts,
+    parse_options,
+)
 
 
 def replies(options: OptionList) -> list[str]:

@@ -18,10 +18,10 @@ from tests.helpers.lmms_fixtures import (
     write_garbage_video,
     write_zero_frame_video,
 )
+from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.lmms import task_utils
 from topa_plugin.lmms.model import Topa, TopaRequestError
 from topa_plugin.lmms.request_log import RequestLog
-from topa_plugin.demo.toy import write_toy_video
 
 OPTIONS = ["A. c cooks a meal", "B. c cleans the kitchen", "C. c repairs a bicycle", "D. c paints a wall", "E. c plays"]
 

@@ -10,7 +10,15 @@ import pytest
 
 from topa_plugin import cli
 from topa_plugin.lmms import task_utils
-from topa_plugin.lmms.taskdata import DATA_FILE, EGOSCHEMA_YAMLS, TASKS_DIR, TaskDataError, prepare_rows, read_rows, write_task_folder
+from topa_plugin.lmms.taskdata import (
+    DATA_FILE,
+    EGOSCHEMA_YAMLS,
+    TASKS_DIR,
+    TaskDataError,
+    prepare_rows,
+    read_rows,
+    write_task_folder,
+)
 
 OPTIONS = ["c opens the door. then he leaves", "c sits", "c reads", "c writes", "c sleeps"]
 

@@ -24,8 +24,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from topa_plugin.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from topa_plugin.lmms.choices import AmbiguousOptionsError, OptionList, parse_options, question_text
-from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource
+from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.processing import IGNORE_INDEX
 
 MC_MODES = ("score", "generate")

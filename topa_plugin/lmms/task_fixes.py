@@ -6,7 +6,9 @@ from __future__ import annotations
 def perceptiontest_val_process_results_mc_ppl(doc: dict, result) -> dict:
     """lmms-eval's ``perceptiontest_val_process_results_mc_ppl`` plus the ``correct`` field its
     aggregation reads; the prediction is the option with the lowest loss (first on ties)."""
-    from lmms_eval.tasks.perceptiontest.val.utils import perceptiontest_val_process_results_mc_ppl
+    from lmms_eval.tasks.perceptiontest.val.utils import (
+        perceptiontest_val_process_results_mc_ppl,
+    )
 
     record = perceptiontest_val_process_results_mc_ppl(doc, result)
     accuracy = record["accuracy"]
