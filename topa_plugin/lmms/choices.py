@@ -10,7 +10,7 @@ so each task's own answer parser reads it. No block shown: the caller generates.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # (pattern, label style). Group "label" is the label, "text" the option text.
 _LETTER = r"[A-Z]"
@@ -87,7 +87,8 @@ def _blocks(lines: list[str]) -> list[_Block]:
         labels, texts, j = [match["label"]], [match["text"].strip()], i + 1
         while j < len(lines):
             nxt, nxt_style = _match_line(lines[j])
-            if nxt is None or nxt_style != style or (nxt.groupdict().get("word") or "") != word or nxt["label"] != _next_label(labels[-1]):
+            same_kind = nxt is not None and nxt_style == style and (nxt.groupdict().get("word") or "") == word
+            if not same_kind or nxt["label"] != _next_label(labels[-1]):
                 break
             labels.append(nxt["label"])
             texts.append(nxt["text"].strip())
@@ -151,9 +152,7 @@ def parse_options(prompt: str, doc: dict | None = None) -> OptionList | None:
                 f"{', '.join(f'{b.start + 1}-{b.end}' for b in blocks)}) and the doc's options do not single one out"
             )
         blocks = chosen
-    block = blocks[0]
-    question = clean_question(lines[: block.start])
-    return OptionList(question, block.options.labels, block.options.texts, block.options.style, block.options.word)
+    return replace(blocks[0].options, question=clean_question(lines[: blocks[0].start]))
 
 
 def question_text(prompt: str, doc: dict | None = None) -> str:

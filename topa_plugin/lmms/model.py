@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("topa_plugin.lmms needs lmms-eval: pip install 'topa-plugin[eval]'") from exc
 
 from topa_plugin.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from topa_plugin.lmms.choices import AmbiguousOptionsError, OptionList, parse_options, question_text
+from topa_plugin.lmms.choices import AmbiguousOptionsError, parse_options, question_text
 from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource
 from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.processing import IGNORE_INDEX
@@ -90,8 +90,8 @@ class Topa(lmms):
         from accelerate import Accelerator
 
         from topa_plugin.captioning import get_protocol
-        from topa_plugin.features.memory import load_memory
         from topa_plugin.features.clip import load_clip
+        from topa_plugin.features.memory import load_memory
         from topa_plugin.modeling import TopaForCausalLM
 
         if max_batch_size is not None:
@@ -217,7 +217,7 @@ class Topa(lmms):
             features = self._video(doc_to_visual, doc_id, task, split)
             if len(continuations) > 1:
                 order = sorted(continuations)
-                question = self._question(ctx, doc, task, doc_id)
+                question = self._read_prompt(question_text, ctx, doc, task, doc_id)
                 texts = [continuations[i] for i in order]
                 losses = self._model.score_choices(features, question, texts, use_memory=self.use_memory)
                 best = order[int(losses.argmin())]
@@ -248,18 +248,11 @@ class Topa(lmms):
         return float(out.loss), greedy
 
     # ----- generation -----
-    def _options(self, ctx: str, doc: dict, task: str, doc_id: int) -> OptionList | None:
-        """The options the prompt shows (``mc_mode=score``), else None."""
-        if self.mc_mode != "score":
-            return None
+    def _read_prompt(self, read, ctx: str, doc: dict, task: str, doc_id: int):
+        """``read(ctx, doc)`` (``parse_options`` or ``question_text``); an ambiguous prompt fails
+        naming the request."""
         try:
-            return parse_options(ctx, doc)
-        except AmbiguousOptionsError as exc:
-            raise TopaRequestError(f"task {task!r} doc {doc_id}: {exc}") from None
-
-    def _question(self, ctx: str, doc: dict, task: str, doc_id: int) -> str:
-        try:
-            return question_text(ctx, doc)
+            return read(ctx, doc)
         except AmbiguousOptionsError as exc:
             raise TopaRequestError(f"task {task!r} doc {doc_id}: {exc}") from None
 
@@ -286,7 +279,8 @@ class Topa(lmms):
 
         for position, request in enumerate(requests):
             ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args[:6]
-            options = self._options(ctx, self.task_dict[task][split][doc_id], task, doc_id)
+            doc = self.task_dict[task][split][doc_id]
+            options = self._read_prompt(parse_options, ctx, doc, task, doc_id) if self.mc_mode == "score" else None
             features = self._video(doc_to_visual, doc_id, task, split)
             if options is not None:
                 batch = pending.setdefault(len(options.texts), [])
