@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("lmms_eval")
+pytestmark = pytest.mark.slow  # two real lmms-eval runs (about 6 minutes on 2 cores)
 
 from tests.helpers.lmms_task_cases import (
     VIDEOMME_SUBTITLE,
