@@ -108,9 +108,11 @@ def decode_release(model, prompt: CaptionPrompt, video: torch.Tensor, steps: int
 
 def caption_text(processor, protocol: CaptionProtocol, generated: list[int]) -> str:
     """The notebooks' post-processing: text after the forced prefix, up to the first "."."""
-    rest_ids = processor.encode_text(protocol.rest)
-    text = processor.decode(rest_ids + generated).split(protocol.answer_prefix)[1]
-    return text.strip().split(".")[0]
+    text = processor.decode(processor.encode_text(protocol.rest) + generated)
+    if protocol.answer_prefix not in text:
+        raise ValueError(f"the tokenizer does not decode the caption prompt back to its prefix "
+                         f"{protocol.answer_prefix!r} (got {text!r})")
+    return text.split(protocol.answer_prefix)[1].strip().split(".")[0]
 
 
 def caption_video(model, video_features, protocol: str | CaptionProtocol = "msrvtt",
