@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("lmms_eval")
-pytestmark = pytest.mark.slow  # two real lmms-eval runs (about 6 minutes on 2 cores)
 
 from tests.helpers.lmms_task_cases import (
     VIDEOMME_SUBTITLE,
@@ -36,6 +35,8 @@ from tests.helpers.lmms_task_cases import (
 )
 from tests.helpers.lmms_task_copies import write_task_copy
 from topa_plugin.lmms.taskdata import TASKS_DIR
+
+pytestmark = pytest.mark.slow  # two real lmms-eval runs (about 6 minutes on 2 cores)
 
 
 def choice_cases() -> list:

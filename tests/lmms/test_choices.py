@@ -49,7 +49,8 @@ def test_mvbench_scaffolding_is_removed_from_the_question():
 
 @pytest.mark.parametrize("word,labels", [("Caption", "AB"), ("Sentence", "12"), ("Option", "12")])
 def test_caption_and_sentence_lists_are_options(word, labels):
-    prompt = f"Which one matches the video?\n{word} {labels[0]}: a man runs\n{word} {labels[1]}: a man walks\nPlease directly give the best option:"
+    prompt = (f"Which one matches the video?\n{word} {labels[0]}: a man runs\n{word} {labels[1]}: a man walks\n"
+              "Please directly give the best option:")
     options = parse_options(prompt)
     assert options.texts == ("a man runs", "a man walks")
     assert replies(options) == [f"{word} {labels[0]}", f"{word} {labels[1]}"]

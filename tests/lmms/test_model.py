@@ -84,7 +84,8 @@ def test_generate_until_ranks_the_options_the_prompt_shows_like_score_choices(lm
 ])
 def test_replies_use_the_prompts_label_style(lm, videos, labels, reply):
     texts = ["the U.S. flag is raised", "a dog runs", "nothing happens"]
-    ctx = "Which one matches the video?\n" + "\n".join(l + t for l, t in zip(labels, texts)) + "\nPlease directly give the best option:"
+    lines = "\n".join(label + t for label, t in zip(labels, texts))
+    ctx = f"Which one matches the video?\n{lines}\nPlease directly give the best option:"
     [answer] = generate(lm, [{"video_path": str(videos[1])}], ctx=ctx)
     scores = lm.model.score_choices(lm.features.get(videos[1]), "Which one matches the video?", texts)
     assert answer == reply(int(scores.argmin()))
@@ -183,7 +184,8 @@ def test_precomputed_features_replace_decoding(lm, tmp_path, monkeypatch):
     assert lm.features.counts["decoded"] == before.get("decoded", 0)
 
     np.save(tmp_path / "ego-43.npy", features[:, :32])
-    with pytest.raises(TopaRequestError, match=rf"task 't' doc 0: {tmp_path}/ego-43.npy: expected features of shape \[T>=1, {FEATURE_DIM}\]"):
+    with pytest.raises(TopaRequestError, match=rf"task 't' doc 0: {tmp_path}/ego-43.npy: "
+                       rf"expected features of shape \[T>=1, {FEATURE_DIM}\]"):
         generate(lm, [dict(doc, video_idx="ego-43")])
 
 
