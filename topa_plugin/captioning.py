@@ -82,7 +82,8 @@ class CaptionPrompt:
 
 def encode_caption_prompt(processor, protocol: CaptionProtocol) -> CaptionPrompt:
     """Token ids of the release captioning prompt (video slots hold the placeholder id)."""
-    head = [processor.bos_id, *processor.encode_text(f"Instruction: {protocol.instruction}\nVideo:")]
+    bos = [] if processor.bos_id is None else [processor.bos_id]  # families without BOS (Qwen) start at "Instruction"
+    head = [*bos, *processor.encode_text(f"Instruction: {protocol.instruction}\nVideo:")]
     ids = head + [processor.placeholder_id] * processor.max_feats + processor.encode_text(protocol.rest)
     suppressed = tuple(word_start_id(processor, w) for w in protocol.suppressed_words)
     return CaptionPrompt(ids, len(head), suppressed)
