@@ -56,6 +56,23 @@ def build_topa_checkpoint(out_dir: str | Path, llama_dir: str | Path, *, seed: i
     return out_dir
 
 
+# Enough "how"/"How" for the toy BPE to give each word one piece, as Llama-2 does ("▁how" 920,
+# "▁How" 1128): the authors' MSR-VTT captioning protocol suppresses those two tokens.
+CAPTION_TEXT = tuple(["how How it is a video of how to cook. Can you describe this video? "
+                      "Generate a dense description for the video. Video Caption: The video shows how"] * 40)
+
+
+def build_caption_checkpoint(root: str | Path) -> Path:
+    """A TOPA plugin directory (``root/checkpoint``) whose toy tokenizer (``root/tokenizer``)
+    has single tokens for the words the captioning protocol suppresses."""
+    from topa_plugin.demo import toy
+
+    root = Path(root)
+    toy.train_toy_tokenizer(root / "tokenizer", extra_text=CAPTION_TEXT)
+    llama = toy.build_toy_llama(root / "llama", root / "tokenizer")
+    return build_topa_checkpoint(root / "checkpoint", llama)
+
+
 def write_egoschema_fixture(root: str | Path) -> tuple[Path, Path]:
     """Write ``root/videos/<video_idx>.mp4`` and ``root/rows.jsonl`` (EgoSchema-shaped, without
     video paths); returns (rows file, video folder)."""
