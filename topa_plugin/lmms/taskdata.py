@@ -44,7 +44,7 @@ def _row_problems(row, where: str) -> list[str]:
     if not (isinstance(options, list) and len(options) == N_OPTIONS and all(isinstance(o, str) and o.strip() for o in options)):
         problems.append(f"{where} field 'option': expected {N_OPTIONS} non-empty strings, got {options!r}")
     else:
-        texts = [_normalised(t) for t in letters_and_texts(options)[1]]
+        texts = [_normalised(t) for t in option_texts(options)]
         repeated = sorted({chr(ord("A") + j) for j, t in enumerate(texts) if texts.count(t) > 1})
         if repeated:
             problems.append(f"{where} field 'option': options {', '.join(repeated)} have the same text; "
