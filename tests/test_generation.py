@@ -24,7 +24,8 @@ def batch(size: int):
 @pytest.mark.parametrize("use_memory", [True, False])
 def test_batched_scores_equal_one_at_a_time(model, use_memory):
     videos, questions, options = batch(6)
-    prefix_lengths = {len(model.processor.encode_multiple_choice(q, o, None).input_ids) for q, o in zip(questions, options)}
+    prefix_lengths = {len(model.processor.encode_multiple_choice(q, o, None).input_ids)
+                      for q, o in zip(questions, options)}
     assert len(prefix_lengths) > 2  # the batch really pads prefixes of different lengths
     scores = model.score_choices(videos, questions, options, use_memory=use_memory)
     assert scores.shape == (6, 5)
@@ -41,6 +42,7 @@ def test_batched_generation_equals_one_at_a_time(model):
     videos, questions, _ = batch(5)
     for until in ([], ["e"]):
         answers = model.generate_answer(videos, questions, max_new_tokens=10, until=until)
-        assert answers == [model.generate_answer(v, q, max_new_tokens=10, until=until) for v, q in zip(videos, questions)]
+        alone = [model.generate_answer(v, q, max_new_tokens=10, until=until) for v, q in zip(videos, questions)]
+        assert answers == alone
     with pytest.raises(ValueError, match="batch sizes differ"):
         model.generate_answer(videos[:2], questions, max_new_tokens=2)

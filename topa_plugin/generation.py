@@ -33,16 +33,17 @@ class TopaGenerationMixin:
         if isinstance(question, str):
             return self.score_choices([video_features], [question], [choices], use_memory)[0]
         if len(video_features) != len(question) or len(choices) != len(question):
-            raise ValueError(
-                f"batch sizes differ: {len(video_features)} videos, {len(question)} questions, {len(choices)} choice lists"
-            )
+            raise ValueError(f"batch sizes differ: {len(video_features)} videos, {len(question)} questions, "
+                             f"{len(choices)} choice lists")
         counts = {len(c) for c in choices}
         if len(counts) != 1:
-            raise ValueError(f"every question needs the same number of choices for a [B, C] result, got {sorted(counts)}")
+            raise ValueError(f"every question needs the same number of choices for a [B, C] result, "
+                             f"got {sorted(counts)}")
         with self.adapter.reuse_prompt_projections():
             return self._score_batch(list(video_features), list(question), [list(c) for c in choices], use_memory)
 
-    def _score_batch(self, features: list, questions: list[str], choices: list[list[str]], use_memory: bool) -> torch.Tensor:
+    def _score_batch(self, features: list, questions: list[str], choices: list[list[str]],
+                     use_memory: bool) -> torch.Tensor:
         processor = self._require_processor()
         sequences, prefixes = [], []
         for question, options in zip(questions, choices):
@@ -70,7 +71,8 @@ class TopaGenerationMixin:
             tokens, valid = _right_pad(inputs, width, processor.eos_id)
             targets, _ = _right_pad(targets, width, processor.eos_id)
             cache.batch_repeat_interleave(n)
-            logits = self._continue(tokens, cache, lengths.repeat_interleave(n), starts.repeat_interleave(n)).logits.float()
+            out = self._continue(tokens, cache, lengths.repeat_interleave(n), starts.repeat_interleave(n))
+            logits = out.logits.float()
             targets, valid = targets.to(logits.device), valid.to(logits.device)
             nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
             total = total + (nll * valid).sum(-1).view(-1, n)
@@ -90,7 +92,8 @@ class TopaGenerationMixin:
         # Keep the logits of only the positions that end some row (not B x L x vocab).
         ends = torch.unique(lengths - 1)
         out = self(ids.to(device), video, starts, use_cache=True, logits_to_keep=ends.to(device))
-        picked = out.logits[torch.arange(len(prompts)), torch.searchsorted(ends, lengths - 1).to(device)]
+        rows = torch.arange(len(prompts), device=device)
+        picked = out.logits[rows, torch.searchsorted(ends, lengths - 1).to(device)]
         return picked, out.cache, lengths.to(device), starts
 
     def _continue(self, tokens: torch.Tensor, cache, lengths: torch.Tensor, starts: torch.Tensor,
@@ -151,7 +154,8 @@ class TopaGenerationMixin:
     def _greedy(self, prompts, features: list, max_new_tokens: int, until, use_memory: bool) -> list[list[int]]:
         """Token ids after each prompt: greedy, KV-cached, until </s>, a stop string or the limit."""
         eos = self._require_processor().eos_id
-        logits, cache, lengths, starts = self._prefill([(p.input_ids, p.video_start) for p in prompts], features, use_memory)
+        inputs = [(p.input_ids, p.video_start) for p in prompts]
+        logits, cache, lengths, starts = self._prefill(inputs, features, use_memory)
         generated: list[list[int]] = [[] for _ in prompts]
         active = set(range(len(prompts)))
         for step in range(max_new_tokens):

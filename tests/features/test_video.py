@@ -25,8 +25,8 @@ def write_clip(path, n, codec="libx264", gop=12, bframes=0, vfr=False, faststart
         if vfr:
             stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         if codec == "libx264":
-            stream.codec_context.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}",
-                                            "preset": "veryfast"}
+            params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"
+            stream.codec_context.options = {"x264-params": params, "preset": "veryfast"}
         else:
             stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8", "g": str(gop)}
         pts = 0

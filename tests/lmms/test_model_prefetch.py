@@ -12,23 +12,22 @@ pytest.importorskip("lmms_eval")
 from lmms_eval.api.instance import Instance
 
 from tests.helpers.lmms_fixtures import build_topa_checkpoint, write_garbage_video
+from tests.lmms.test_model import OPTIONS
 from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.lmms import task_utils
 from topa_plugin.lmms.model import Topa, TopaRequestError
-
-OPTIONS = ["A. c cooks a meal", "B. c cleans the kitchen", "C. c repairs a bicycle", "D. c paints a wall", "E. c plays"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, toy_llama_dir):
     return build_topa_checkpoint(tmp_path_factory.mktemp("prefetch_ckpt"), toy_llama_dir)
 
-
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
     root = tmp_path_factory.mktemp("prefetch_videos")
     videos = [write_toy_video(root / f"v{i}.mp4", n_frames=8 + 5 * i, seed=i) for i in range(5)]
-    mc = [{"video_path": str(v), "question": f"what does c do in part {i}", "option": OPTIONS} for i, v in enumerate(videos)]
+    mc = [{"video_path": str(v), "question": f"what does c do in part {i}", "option": OPTIONS}
+          for i, v in enumerate(videos)]
     free = [{"video_path": str(videos[i]), "ctx": f"where is c in scene {i}?"} for i in (3, 0, 4)]
     return [mc[0], free[0], mc[1], mc[2], free[1], mc[3], free[2], mc[4], mc[0]]
 
@@ -40,8 +39,9 @@ def topa(checkpoint, toy_clip, **kwargs):
 
 def generate(lm, docs):
     lm.task_dict = {"t": {"test": docs}}
-    requests = [Instance("generate_until", (d.get("ctx", ""), {"max_new_tokens": 6}, task_utils.doc_to_visual, i, "t", "test"),
-                         idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1}) for i, d in enumerate(docs)]
+    requests = [Instance("generate_until", (d.get("ctx", ""), {"max_new_tokens": 6}, task_utils.doc_to_visual, i, "t",
+                                            "test"), idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+                for i, d in enumerate(docs)]
     return lm.generate_until(requests)
 
 

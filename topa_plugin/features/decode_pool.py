@@ -168,7 +168,7 @@ class DecodePool:
                 if dead:
                     suspects = ", ".join(pending[s] for s in sorted(pending)[:self.workers])
                     raise VideoJobError(pending[min(pending)], f"a video decode worker died (exit code "
-                                        f"{dead[0].exitcode}) while decoding one of: {suspects}")
+                                        f"{dead[0].exitcode}) while decoding one of: {suspects}") from None
 
 
 def _log(result: Decoded) -> None:
