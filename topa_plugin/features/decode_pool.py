@@ -119,8 +119,9 @@ class DecodePool:
                 q.close()
         self._tasks = self._results = None
 
-    def imap(self, jobs: Iterable[VideoJob], ahead: int) -> Iterator[Decoded]:
-        """Results in job order, with at most ``ahead`` (>= 1) jobs submitted and not yet yielded."""
+    def imap(self, jobs: Iterable[VideoJob], ahead: int | Callable[[], int]) -> Iterator[Decoded]:
+        """Results in job order, with at most ``ahead`` (>= 1) jobs submitted and not yet yielded;
+        a callable ``ahead`` is asked each time (a consumer holding results shrinks the window)."""
         if self.workers == 0:
             for job in jobs:
                 result = run_job(job, self.threads)
@@ -133,7 +134,7 @@ class DecodePool:
         submitted = consumed = 0
         try:
             while True:
-                while submitted - consumed < max(1, ahead):
+                while submitted - consumed < max(1, ahead() if callable(ahead) else ahead):
                     job = next(jobs, None)
                     if job is None:
                         break

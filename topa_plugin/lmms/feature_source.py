@@ -161,30 +161,31 @@ class VideoFeatureSource:
 
     def stream(self, videos: Sequence[Path], group: int = 1) -> Iterator:
         """Features per path, in order. Decoding runs ahead in worker processes; decoded videos
-        are encoded ``group`` at a time. Raises VideoSourceError naming the failing file."""
+        are encoded ``group`` at a time. Videos decoding or decoded but not yet encoded number at
+        most ``decode_workers + group``. Raises VideoSourceError naming the failing file."""
         from topa_plugin.features.decode_pool import DecodePool, VideoJob
 
         videos = [Path(v) for v in videos]
-        unique = list(dict.fromkeys(videos))
         skip = None
         if self.cache_dir is not None:
             skip = functools.partial(entry_exists, self.cache_dir, self.identity, self.num_frames)
-        jobs = (VideoJob(str(p), self.num_frames, digest=True, skip=skip) for p in unique)
+        jobs = (VideoJob(str(p), self.num_frames, digest=True, skip=skip) for p in dict.fromkeys(videos))
         done: dict = {}
+        held: list = []  # decoded results taken from the pool, waiting for their group's encode
+        group = max(1, group)
         with DecodePool(self.decode_workers) as pool:
-            results = pool.imap(jobs, ahead=pool.workers + 1)
+            results = pool.imap(jobs, ahead=lambda: pool.workers + group - len(held))
             for path in videos:
                 if path in done:
                     self.counts["reused"] += 1
                 else:
-                    self._fill(done, results, max(1, group))
+                    self._fill(done, results, group, held)
                 yield done[path]
 
-    def _fill(self, done: dict, results: Iterator, group: int) -> None:
+    def _fill(self, done: dict, results: Iterator, group: int, held: list) -> None:
         """Take the next ``group`` results: read cache hits, encode the decoded ones in one call."""
         from topa_plugin.features.decode_pool import VideoJobError
 
-        decoded = []
         for _ in range(group):
             try:
                 result = next(results, None)
@@ -201,14 +202,15 @@ class VideoFeatureSource:
                     raise VideoSourceError(path, str(exc)) from exc
                 self.counts["cached"] += 1
             else:
-                decoded.append(result)
-        if decoded:
-            features = self._encode([r.frames for r in decoded])
-            for result, value in zip(decoded, features):
+                held.append(result)
+        if held:
+            features = self._encode([r.frames for r in held])
+            for result, value in zip(held, features):
                 if self.cache_dir is not None:
                     _write_entry(entry_path(self.cache_dir, self.identity, self.num_frames, result.digest), value)
                 done[Path(result.path)] = value
                 self.counts["decoded"] += 1
+            held.clear()
 
     def _encode(self, clips: list[np.ndarray]) -> list:
         """Normalised CLIP features per clip, all clips' frames in shared batches."""
