@@ -65,3 +65,13 @@ def test_a_dead_worker_fails_instead_of_hanging(videos):
         list(pool.imap([VideoJob(str(videos[0]), 4, skip=crash)], ahead=1))
     assert failure.value.path == str(videos[0])
     assert not multiprocessing.active_children()
+
+
+def test_ctrl_c_in_the_consumer_stops_the_workers(videos):
+    """Workers ignore SIGINT; the parent's KeyboardInterrupt (here raised while it handles a
+    result, as Ctrl-C would) terminates them."""
+    with pytest.raises(KeyboardInterrupt), DecodePool(2) as pool:
+        for _ in pool.imap((VideoJob(str(v), 2) for v in videos), ahead=4):
+            assert len(multiprocessing.active_children()) == 2
+            raise KeyboardInterrupt
+    assert not multiprocessing.active_children()
