@@ -13,8 +13,10 @@ from topa_plugin.features.video import VideoDecodeError, decode_frames, read_fra
 av = pytest.importorskip("av")
 
 
-def write_clip(path, n, codec="libx264", gop=12, bframes=0, vfr=False, faststart=False, size=(96, 64)):
-    """A moving textured clip; ``vfr``: irregular frame durations (ms time base)."""
+def write_clip(path, n, codec="libx264", gop=12, bframes=0, vfr=False, faststart=False, size=(96, 64),
+               open_gop=False):
+    """A moving textured clip; ``vfr``: irregular frame durations (ms time base); ``open_gop``: key
+    frames that B-frames before them in time reference across (decoded after them)."""
     rng = np.random.default_rng(len(str(path)) + n)
     width, height = size
     texture = np.kron(rng.integers(0, 256, (height // 4 + 40, width // 4 + 40, 3), dtype=np.uint8),
@@ -25,7 +27,7 @@ def write_clip(path, n, codec="libx264", gop=12, bframes=0, vfr=False, faststart
         if vfr:
             stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
         if codec == "libx264":
-            params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"
+            params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:open-gop={int(open_gop)}"
             stream.codec_context.options = {"x264-params": params, "preset": "veryfast"}
         else:
             stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8", "g": str(gop)}
@@ -72,6 +74,7 @@ def clips(tmp_path_factory):
     made = {
         "h264": write_clip(root / "h264.mp4", 120),
         "h264_bframes": write_clip(root / "h264_b.mp4", 120, bframes=3),
+        "h264_open_gop": write_clip(root / "open_gop.mp4", 120, bframes=3, open_gop=True),
         "h264_gop250": write_clip(root / "gop250.mp4", 520, gop=250, bframes=3, size=(32, 32)),
         "vp9_webm": write_clip(root / "vp9.webm", 90, codec="libvpx-vp9"),
         "vp9_mkv": write_clip(root / "vp9.mkv", 90, codec="libvpx-vp9"),
@@ -82,8 +85,8 @@ def clips(tmp_path_factory):
     return made
 
 
-@pytest.mark.parametrize("name", ["h264", "h264_bframes", "h264_gop250", "vp9_webm", "vp9_mkv", "vfr", "edit_list",
-                                  "one_frame"])
+@pytest.mark.parametrize("name", ["h264", "h264_bframes", "h264_open_gop", "h264_gop250", "vp9_webm", "vp9_mkv",
+                                  "vfr", "edit_list", "one_frame"])
 @pytest.mark.parametrize("n", [1, 10, 33])
 def test_frames_equal_a_full_decode(clips, name, n):
     expected, total = full_decode(clips[name], n)

@@ -160,7 +160,6 @@ def _packet_list(av, container, path: str) -> list[_Packet]:
     return packets
 
 
-
 @contextmanager
 def _ffmpeg_errors(av):
     """FFmpeg's error-level log lines while the block runs (how a demuxer reports a file that ends early)."""
@@ -207,11 +206,10 @@ def _spans(packets: list[_Packet], targets: list[int]) -> list[tuple[int, int, s
             key -= 1
         if key < 0:
             raise _NotExact(f"frame at pts {packets[target].pts} comes before any key frame")
-        if spans and spans[-1][0] == key:
+        if spans and key <= spans[-1][1]:  # same GOP, or one that starts before the last span ends
+            spans[-1][0] = min(spans[-1][0], key)
             spans[-1][1] = max(spans[-1][1], target)
             spans[-1][2].add(packets[target].pts)
-        elif spans and key < spans[-1][1]:
-            raise _NotExact("sampled frames depend on overlapping key-frame intervals")
         else:
             spans.append([key, target, {packets[target].pts}])
     return [(key, last, wanted) for key, last, wanted in spans]
