@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from topa_plugin.features import video
-from topa_plugin.features.video import VideoDecodeError, decode_frames, read_frames, uniform_indices
+from topa_plugin.features.video import (
+    VideoDecodeError,
+    decode_frames,
+    read_frames,
+    uniform_indices,
+)
 
 av = pytest.importorskip("av")
 

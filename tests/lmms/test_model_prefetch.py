@@ -22,6 +22,7 @@ from topa_plugin.lmms.model import Topa, TopaRequestError
 def checkpoint(tmp_path_factory, toy_llama_dir):
     return build_topa_checkpoint(tmp_path_factory.mktemp("prefetch_ckpt"), toy_llama_dir)
 
+
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
     root = tmp_path_factory.mktemp("prefetch_videos")

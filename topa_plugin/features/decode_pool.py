@@ -18,7 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from topa_plugin.features.video import DecodeInfo, VideoDecodeError, decode_frames, log_fallback
+from topa_plugin.features.video import (
+    DecodeInfo,
+    VideoDecodeError,
+    decode_frames,
+    log_fallback,
+)
 from topa_plugin.utils.hashing import file_sha256
 
 MAX_DEFAULT_WORKERS = 8
