@@ -175,11 +175,13 @@ class VideoFeatureSource:
         group = max(1, group)
         with DecodePool(self.decode_workers) as pool:
             results = pool.imap(jobs, ahead=lambda: pool.workers + group - len(held))
+            given: set = set()
             for path in videos:
-                if path in done:
-                    self.counts["reused"] += 1
-                else:
+                if path not in done:
                     self._fill(done, results, group, held)
+                elif path in given:  # the same video again in this call (a group fills ahead)
+                    self.counts["reused"] += 1
+                given.add(path)
                 yield done[path]
 
     def _fill(self, done: dict, results: Iterator, group: int, held: list) -> None:
