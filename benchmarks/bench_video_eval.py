@@ -100,9 +100,9 @@ def candidates() -> dict:
             reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
             return reader.get_batch(np.linspace(0, len(reader) - 1, n).astype(int).tolist()).asnumpy()
 
-        found["decord2"] = read_decord
+        found[f"decord {decord.__version__}"] = read_decord  # decord2 installs the same module
     except ImportError:
-        print("decord2: not installed (pip install decord2)")
+        print("decord: not installed (pip install decord2)")
     try:
         from torchcodec.decoders import VideoDecoder
 
