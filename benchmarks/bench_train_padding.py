@@ -35,10 +35,10 @@ def build_data(work: Path, max_feats: int, max_seq_len: int):
     from transformers import AutoTokenizer
 
     from topa_plugin.demo import toy
-    from topa_plugin.training.textvid_dataset import TextVidDataset
     from topa_plugin.features.writer import write_sharded
     from topa_plugin.processing import TopaProcessor
     from topa_plugin.textvid import read_textvid, sample_path
+    from topa_plugin.training.textvid_dataset import TextVidDataset
 
     records = read_textvid(sample_path())
     corpus = [r.global_video_caption for r in records]

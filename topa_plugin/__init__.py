@@ -31,6 +31,7 @@ _EXPORTS = {
     "convert_official": "topa_plugin.release.convert",
     "TextVidRecord": "topa_plugin.textvid.records",
     "read_textvid": "topa_plugin.textvid.records",
+    "caption_video": "topa_plugin.captioning",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -49,6 +50,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
+    from topa_plugin.captioning import caption_video
     from topa_plugin.configuration import TopaConfig
     from topa_plugin.features.clip import load_clip
     from topa_plugin.features.extract import extract_textvid, extract_videos

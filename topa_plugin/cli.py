@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "topa_plugin.commands.textvid",
     "topa_plugin.commands.train",
     "topa_plugin.commands.convert_official",
+    "topa_plugin.commands.eval",
 ]
 
 
@@ -32,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from topa_plugin.commands import CommandFailed
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A command that wraps another tool (``topa eval``) sets ``passthrough`` and receives the
+    # arguments topa does not know; every other command rejects them.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not hasattr(args, "passthrough"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:
+        args.passthrough = [*args.passthrough, *unknown]
     try:
         return int(args.func(args) or 0)
     except CommandFailed as failed:

@@ -37,9 +37,9 @@ def build_topa_checkpoint(out_dir: str | Path, llama_dir: str | Path, *, seed: i
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from topa_plugin.configuration import TopaConfig
+    from topa_plugin.demo.toy import fan_in_rescale
     from topa_plugin.modeling import TopaForCausalLM
     from topa_plugin.processing import TopaProcessor
-    from topa_plugin.demo.toy import fan_in_rescale
 
     llm = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
@@ -54,6 +54,23 @@ def build_topa_checkpoint(out_dir: str | Path, llama_dir: str | Path, *, seed: i
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, save_base=True)
     return out_dir
+
+
+# Enough "how"/"How" for the toy BPE to give each word one piece, as Llama-2 does ("▁how" 920,
+# "▁How" 1128): the authors' MSR-VTT captioning protocol suppresses those two tokens.
+CAPTION_TEXT = tuple(["how How it is a video of how to cook. Can you describe this video? "
+                      "Generate a dense description for the video. Video Caption: The video shows how"] * 40)
+
+
+def build_caption_checkpoint(root: str | Path) -> Path:
+    """A TOPA plugin directory (``root/checkpoint``) whose toy tokenizer (``root/tokenizer``)
+    has single tokens for the words the captioning protocol suppresses."""
+    from topa_plugin.demo import toy
+
+    root = Path(root)
+    toy.train_toy_tokenizer(root / "tokenizer", extra_text=CAPTION_TEXT)
+    llama = toy.build_toy_llama(root / "llama", root / "tokenizer")
+    return build_topa_checkpoint(root / "checkpoint", llama)
 
 
 def write_egoschema_fixture(root: str | Path) -> tuple[Path, Path]:
@@ -102,10 +119,10 @@ def write_garbage_video(path: str | Path) -> Path:
 
 def expected_predictions(checkpoint: Path, clip_config: Path, clip_weights: Path, data: Path, videos: Path) -> list[int]:
     """Option index per row by ``score_choices`` on frames decoded and encoded here, outside lmms-eval."""
-    from topa_plugin.features.transforms import l2_normalize
     from topa_plugin.features.clip import load_clip
-    from topa_plugin.modeling import TopaForCausalLM
+    from topa_plugin.features.transforms import l2_normalize
     from topa_plugin.features.video import read_frames
+    from topa_plugin.modeling import TopaForCausalLM
 
     model = TopaForCausalLM.from_pretrained(checkpoint)
     encoder = load_clip(str(clip_config), str(clip_weights))

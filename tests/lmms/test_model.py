@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,9 +18,10 @@ from tests.helpers.lmms_fixtures import (
     write_garbage_video,
     write_zero_frame_video,
 )
+from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.lmms import task_utils
 from topa_plugin.lmms.model import Topa, TopaRequestError
-from topa_plugin.demo.toy import write_toy_video
+from topa_plugin.lmms.request_log import RequestLog
 
 OPTIONS = ["A. c cooks a meal", "B. c cleans the kitchen", "C. c repairs a bicycle", "D. c paints a wall", "E. c plays"]
 
@@ -56,16 +59,76 @@ def best_letter(lm, video, question, texts):
     return "ABCDE"[int(lm.model.score_choices(lm.features.get(video), question, texts).argmin())]
 
 
-def test_generate_until_ranks_options_like_score_choices(lm, videos):
+def shown(question, options):
+    """A prompt as lmms-eval's EgoSchema task writes it: question, lettered options, instruction."""
+    return question + "\n" + "\n".join(options) + "\nAnswer with the option's letter from the given choices directly."
+
+
+def test_generate_until_ranks_the_options_the_prompt_shows_like_score_choices(lm, videos):
     texts = [o.split(". ", 1)[1] for o in OPTIONS]
-    docs = [{"video_path": str(v), "question": f"what does c do in part {i}", "option": OPTIONS} for i, v in enumerate(videos)]
-    # no option list: the options are parsed from the prompt's lettered lines
+    docs = [{"video_path": str(v), "question": "ignored", "option": OPTIONS, "ctx": shown(f"what does c do in part {i}", OPTIONS)}
+            for i, v in enumerate(videos)]
+    # no option list in the doc: the prompt alone says what the options are
     docs.append({"video_path": str(videos[0]), "ctx": "what does c do?\n" + "\n".join(f"({o[0]}) {o[3:]}" for o in OPTIONS)
                  + "\nAnswer with the option's letter."})
     answers = generate(lm, docs)
-    expected = [best_letter(lm, v, d["question"], texts) for v, d in zip(videos, docs)]
-    expected.append(best_letter(lm, videos[0], "what does c do?", texts))
+    expected = [best_letter(lm, v, f"what does c do in part {i}", texts) for i, v in enumerate(videos)]
+    expected.append(f"({best_letter(lm, videos[0], 'what does c do?', texts)})")
     assert answers == expected
+
+
+@pytest.mark.parametrize("labels, reply", [
+    (["1. ", "2. ", "3. "], lambda i: str(i + 1)),
+    (["Caption A: ", "Caption B: ", "Caption C: "], lambda i: f"Caption {'ABC'[i]}"),
+    (["Sentence 1: ", "Sentence 2: ", "Sentence 3: "], lambda i: f"Sentence {i + 1}"),
+])
+def test_replies_use_the_prompts_label_style(lm, videos, labels, reply):
+    texts = ["the U.S. flag is raised", "a dog runs", "nothing happens"]
+    lines = "\n".join(label + t for label, t in zip(labels, texts))
+    ctx = f"Which one matches the video?\n{lines}\nPlease directly give the best option:"
+    [answer] = generate(lm, [{"video_path": str(videos[1])}], ctx=ctx)
+    scores = lm.model.score_choices(lm.features.get(videos[1]), "Which one matches the video?", texts)
+    assert answer == reply(int(scores.argmin()))
+
+
+def test_a_prompt_without_options_is_answered_by_generation_even_if_the_doc_has_options(lm, videos):
+    doc = {"video_path": str(videos[2]), "question": "What colour is the flag?", "options": ["A. Red", "B. Blue"]}
+    ctx = "What colour is the flag?\nPlease answer the question with a short answer."
+    [answer] = generate(lm, [doc], ctx=ctx, gen_kwargs={"max_new_tokens": 5})
+    assert answer == lm.model.generate_answer(lm.features.get(videos[2]), ctx, max_new_tokens=5)
+
+
+def test_several_option_blocks_that_the_doc_does_not_resolve_fail_naming_the_doc(lm, videos):
+    ctx = "Subtitles:\nA. hello\nB. bye\nWhat colour?\nA. Red\nB. Blue"
+    with pytest.raises(TopaRequestError, match="task 't' doc 0: the prompt shows 2 option blocks"):
+        generate(lm, [{"video_path": str(videos[0])}], ctx=ctx)
+    [answer] = generate(lm, [{"video_path": str(videos[0]), "options": ["Red", "Blue"]}], ctx=ctx)
+    assert answer in ("A", "B")
+
+
+def test_request_log_records_what_was_ranked_and_generated(lm, videos, tmp_path, monkeypatch):
+    monkeypatch.setattr(lm, "requests", RequestLog(str(tmp_path / "requests.jsonl")))
+    docs = [{"video_path": str(videos[0]), "ctx": shown("Question:what does c do?", OPTIONS)},
+            {"video_path": str(videos[1]), "ctx": "Describe the video."}]
+    answers = generate(lm, docs, gen_kwargs={"max_new_tokens": 3})
+    records = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    ranked, generated = sorted(records, key=lambda r: r["doc_id"])
+    assert ranked["mode"] == "rank" and ranked["question"] == "what does c do?"
+    assert ranked["options"] == [o.split(". ", 1)[1] for o in OPTIONS]
+    assert ranked["reply"] == answers[0] == "ABCDE"[ranked["chosen"]]
+    assert (generated["mode"], generated["reply"], generated["doc_id"]) == ("generate", answers[1], 1)
+    assert "options" not in generated
+
+
+def test_caption_mode_release_captions_prompts_without_options(lm, videos, monkeypatch):
+    from topa_plugin.captioning import PROTOCOLS, caption_video
+
+    monkeypatch.setattr(lm, "caption_protocol", PROTOCOLS["vatex"])
+    docs = [{"video_path": str(videos[0]), "ctx": "Provide a one-sentence caption for the provided video."},
+            {"video_path": str(videos[1]), "ctx": shown("what does c do?", OPTIONS)}]
+    caption, letter = generate(lm, docs)
+    assert caption == caption_video(lm.model, lm.features.get(videos[0]), "vatex")
+    assert letter in "ABCDE"  # options shown are still ranked
 
 
 def test_mc_mode_generate_answers_freely_with_the_generation_limits(lm, videos, monkeypatch):
@@ -113,7 +176,7 @@ def test_precomputed_features_replace_decoding(lm, tmp_path, monkeypatch):
     np.save(tmp_path / "ego-42.npy", features)
     monkeypatch.setattr(lm.features, "feature_dir", tmp_path)
     before = dict(lm.features.counts)
-    doc = {"video_idx": "ego-42", "video_path": str(tmp_path / "absent.mp4"), "question": "what happens", "option": OPTIONS}
+    doc = {"video_idx": "ego-42", "video_path": str(tmp_path / "absent.mp4"), "ctx": shown("what happens", OPTIONS)}
     [answer] = generate(lm, [doc])
     scores = lm.model.score_choices(torch.from_numpy(features), "what happens", [o[3:] for o in OPTIONS])
     assert answer == "ABCDE"[int(scores.argmin())]
@@ -121,7 +184,8 @@ def test_precomputed_features_replace_decoding(lm, tmp_path, monkeypatch):
     assert lm.features.counts["decoded"] == before.get("decoded", 0)
 
     np.save(tmp_path / "ego-43.npy", features[:, :32])
-    with pytest.raises(TopaRequestError, match=rf"task 't' doc 0: {tmp_path}/ego-43.npy: expected features of shape \[T>=1, {FEATURE_DIM}\]"):
+    with pytest.raises(TopaRequestError, match=rf"task 't' doc 0: {tmp_path}/ego-43.npy: "
+                       rf"expected features of shape \[T>=1, {FEATURE_DIM}\]"):
         generate(lm, [dict(doc, video_idx="ego-43")])
 
 
@@ -190,6 +254,8 @@ def test_memory_override_must_match_the_checkpoint(checkpoint, toy_clip, tmp_pat
     ({"batch_size": "auto"}, "batch_size='auto'"),
     ({"max_batch_size": 8}, "max_batch_size"),
     ({"dtype": "int8"}, "dtype='int8'"),
+    ({"caption_mode": "paper"}, "caption_mode='paper'"),
+    ({"caption_mode": "release", "caption_protocol": "coco"}, "unknown caption protocol 'coco'"),
 ])
 def test_bad_model_args_are_rejected(checkpoint, toy_clip, args, message):
     config, weights = toy_clip

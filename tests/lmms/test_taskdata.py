@@ -10,14 +10,22 @@ import pytest
 
 from topa_plugin import cli
 from topa_plugin.lmms import task_utils
-from topa_plugin.lmms.choices import letters_and_texts, options_from_prompt, split_option
-from topa_plugin.lmms.taskdata import DATA_FILE, TASKS_DIR, TaskDataError, prepare_rows, read_rows, write_task_folder
+from topa_plugin.lmms.taskdata import (
+    DATA_FILE,
+    EGOSCHEMA_YAMLS,
+    TASKS_DIR,
+    TaskDataError,
+    prepare_rows,
+    read_rows,
+    write_task_folder,
+)
 
 OPTIONS = ["c opens the door. then he leaves", "c sits", "c reads", "c writes", "c sleeps"]
 
 
 def row(i=0, **changes):
-    base = {"video_idx": f"v{i}", "question": "what does c do?", "option": [f"{'ABCDE'[j]}. {o}" for j, o in enumerate(OPTIONS)], "answer": 2}
+    base = {"video_idx": f"v{i}", "question": "what does c do?",
+            "option": [f"{'ABCDE'[j]}. {o}" for j, o in enumerate(OPTIONS)], "answer": 2}
     return {**base, **changes}
 
 
@@ -46,29 +54,6 @@ def test_manifest_imports_nothing_and_registers_topa_even_when_imported_first():
     assert done.stdout.split() == ["topa_plugin.lmms.model.Topa", "topa_plugin.lmms.model.Topa", "True"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("A. c cooks", ("A", "c cooks")),
-    ("(B) c cleans", ("B", "c cleans")),
-    ("C) c sits", ("C", "c sits")),
-    ("D: c reads", ("D", "c reads")),
-    ("A person walks", (None, "A person walks")),
-    ("a. lower case is text", (None, "a. lower case is text")),
-])
-def test_split_option(text, expected):
-    assert split_option(text) == expected
-
-
-def test_unlettered_options_get_letters_in_order():
-    assert letters_and_texts(["x", "B. y"]) == (["A", "B"], ["x", "y"])
-
-
-def test_options_from_prompt_takes_consecutive_lettered_lines():
-    prompt = "What does c do?\nWatch closely.\nA. sits\nB. reads\nC. writes\nAnswer with the option's letter."
-    assert options_from_prompt(prompt) == ("What does c do?\nWatch closely.", ["A. sits", "B. reads", "C. writes"])
-    assert options_from_prompt("What does c do?\nA. sits\nC. writes") is None
-    assert options_from_prompt("A person walks in.\nB") is None
-
-
 def test_doc_to_choice_keeps_option_text_after_its_first_dot():
     assert task_utils.doc_to_choice(row()) == OPTIONS
 
@@ -83,11 +68,12 @@ def test_resolve_video_prefers_the_rows_path_then_the_env_folder_then_hf_home(tm
     monkeypatch.setenv(task_utils.VIDEO_DIR_ENV, str(video_dir))
     assert task_utils.doc_to_visual({"video_idx": "v1"}) == [str(video_dir / "v1.mp4")]
     assert task_utils.doc_to_visual({"video_idx": "v1", "video_path": str(video_dir / "v2.mp4")}) == [str(video_dir / "v2.mp4")]
-    with pytest.raises(task_utils.MissingVideoError, match=rf"video_idx='v9': video not found \(tried {video_dir}/v9.mp4, {video_dir}/v9.MP4\)"):
+    with pytest.raises(task_utils.MissingVideoError,
+                       match=rf"video_idx='v9': video not found \(tried {video_dir}/v9.mp4, {video_dir}/v9.MP4\)"):
         task_utils.doc_to_visual({"video_idx": "v9"})
 
 
-def test_shipped_yamls_define_both_tasks_and_all_their_functions_resolve():
+def test_shipped_yamls_define_their_tasks_and_all_their_functions_resolve():
     load_yaml_config = pytest.importorskip("lmms_eval.utils").load_yaml_config
 
     tasks = {}
@@ -95,13 +81,16 @@ def test_shipped_yamls_define_both_tasks_and_all_their_functions_resolve():
         config = load_yaml_config(str(path), mode="full")
         if "task" in config:
             tasks[config["task"]] = config
-    assert set(tasks) == {"topa_egoschema_local", "topa_egoschema_local_mcppl"}
+    assert set(tasks) == {"topa_egoschema_local", "topa_egoschema_local_mcppl", "topa_perceptiontest_val_mcppl",
+                          "topa_videomme_number_option", "topa_videomme_random_choice"}
     assert tasks["topa_egoschema_local"]["output_type"] == "generate_until"
     assert tasks["topa_egoschema_local_mcppl"]["output_type"] == "multiple_choice"
+    for name in ("topa_egoschema_local", "topa_egoschema_local_mcppl"):
+        assert tasks[name]["doc_to_visual"] is task_utils.doc_to_visual
+        assert tasks[name]["dataset_kwargs"]["data_files"] == {"test": DATA_FILE}
     for config in tasks.values():
-        assert config["doc_to_visual"] is task_utils.doc_to_visual
-        assert config["dataset_kwargs"]["data_files"] == {"test": DATA_FILE}
-        assert callable(config["process_results"]) and callable(config["metric_list"][0]["aggregation"])
+        assert callable(config["doc_to_visual"]) and callable(config["process_results"])
+        assert callable(config["metric_list"][0]["aggregation"])
 
 
 def test_topa_lmms_tasks_prints_the_shipped_folder(capsys):
@@ -120,7 +109,7 @@ def test_task_folder_from_parquet_with_relative_paths_and_unlettered_options(tmp
     written = [json.loads(line) for line in (out / DATA_FILE).read_text().splitlines()]
     assert [r["video_path"] for r in written] == [str(video_dir / "v0.mp4"), str(video_dir / "v2.mp4")]
     assert written[0]["option"] == row()["option"] and written[0]["answer"] == 4
-    assert sorted(p.name for p in out.glob("*.yaml")) == sorted(p.name for p in TASKS_DIR.glob("*.yaml"))
+    assert sorted(p.name for p in out.glob("*.yaml")) == sorted(p.name for p in TASKS_DIR.glob(EGOSCHEMA_YAMLS))
 
 
 def test_every_bad_row_is_reported_with_file_row_and_field(tmp_path, video_dir):

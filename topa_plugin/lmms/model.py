@@ -2,7 +2,8 @@
 
 Every request goes video -> CLIP frame features (``VideoFeatureSource``: precomputed, cached or
 decoded) -> ``TopaForCausalLM``: multiple-choice questions are ranked with ``score_choices``
-(the TOPA protocol), everything else is generated greedily.
+(the TOPA protocol), everything else is generated greedily. Which options a request has is read
+from its prompt (``choices.parse_options``), never from doc fields alone.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("topa_plugin.lmms needs lmms-eval: pip install 'topa-plugin[eval]'") from exc
 
 from topa_plugin.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from topa_plugin.lmms.choices import doc_options, letters_and_texts, options_from_prompt
+from topa_plugin.lmms.choices import AmbiguousOptionsError, parse_options, question_text
 from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource, VideoSourceError
+from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.processing import IGNORE_INDEX
 
 MC_MODES = ("score", "generate")
+CAPTION_MODES = ("prompt", "release")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -77,7 +80,10 @@ class Topa(lmms):
     videos while the model works; default min(8, cores); 0 decodes inline),
     ``mc_mode`` (``score``: rank the options; ``generate``: free generation even for
     multiple-choice docs), ``feature_cache`` (dir), ``feature_dir`` (precomputed features by
-    video id).
+    video id), ``caption_mode`` (``prompt``: requests that show no options are answered from the
+    task's prompt; ``release``: they are captioned with the authors' protocol, see
+    ``topa_plugin.captioning``), ``caption_protocol`` (``msrvtt`` or ``vatex``), ``request_log``
+    (JSONL file: how each request was answered).
     """
 
     is_simple = True
@@ -96,14 +102,18 @@ class Topa(lmms):
         mc_mode: str = "score",
         feature_cache: str | None = None,
         feature_dir: str | None = None,
+        caption_mode: str = "prompt",
+        caption_protocol: str = "msrvtt",
+        request_log: str | None = None,
         decode_workers: int | None = None,
         max_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         from accelerate import Accelerator
 
-        from topa_plugin.features.memory import load_memory
+        from topa_plugin.captioning import get_protocol
         from topa_plugin.features.clip import configured_embed_dim, encoder_identity
+        from topa_plugin.features.memory import load_memory
         from topa_plugin.modeling import TopaForCausalLM
 
         if max_batch_size is not None:
@@ -112,6 +122,9 @@ class Topa(lmms):
             raise ValueError(f"topa: mc_mode={mc_mode!r}; use one of {MC_MODES}")
         if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ValueError(f"topa: batch_size={batch_size!r}; use a positive integer (no 'auto')")
+        if caption_mode not in CAPTION_MODES:
+            raise ValueError(f"topa: caption_mode={caption_mode!r}; use one of {CAPTION_MODES}")
+        self.caption_protocol = get_protocol(caption_protocol) if caption_mode == "release" else None
         self.mc_mode = mc_mode
         self.use_memory = bool(use_memory)
         self.batch_size_per_gpu = int(batch_size)
@@ -122,6 +135,7 @@ class Topa(lmms):
             self._world_size = self.accelerator.num_processes
         else:
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.requests = RequestLog(request_log, self.rank)
 
         self._model = TopaForCausalLM.from_pretrained(pretrained, torch_dtype=_dtype(dtype, self._device), device=self._device)
         config = self._model.config
@@ -130,7 +144,8 @@ class Topa(lmms):
         if memory:
             bank = load_memory(memory)
             if bank.shape[1] != config.feature_dim:
-                raise ValueError(f"{memory}: memory rows have dim {bank.shape[1]}, the checkpoint {pretrained} expects {config.feature_dim}")
+                raise ValueError(f"{memory}: memory rows have dim {bank.shape[1]}, "
+                                 f"the checkpoint {pretrained} expects {config.feature_dim}")
             self._model.memory = bank.to(self._device)
 
         clip = (str(clip_model), clip_pretrained, Path(pretrained) / "config.json")
@@ -241,7 +256,8 @@ class Topa(lmms):
         groups: OrderedDict = OrderedDict()
         for position, request in enumerate(requests):
             if len(request.args) < 6:
-                raise TopaRequestError(f"task {request.task_name!r} doc {request.doc_id}: loglikelihood request without a video (args {request.args!r}); TOPA cannot score it")
+                raise TopaRequestError(f"task {request.task_name!r} doc {request.doc_id}: loglikelihood request without "
+                                       f"a video (args {request.args!r}); TOPA cannot score it")
             ctx, _, doc_to_visual, doc_id, task, split = request.args[:6]
             groups.setdefault((task, split, doc_id, ctx), []).append((position, request))
         results: list = [None] * len(requests)
@@ -255,9 +271,13 @@ class Topa(lmms):
         def rank(batch: list) -> None:
             members, questions, orders, texts, features = zip(*batch)
             losses = self._model.score_choices(list(features), list(questions), list(texts), use_memory=self.use_memory)
-            for group, order, row in zip(members, orders, losses):
+            for group, question, order, options, row in zip(members, questions, orders, texts, losses):
                 best = order[int(row.argmin())]
                 answer(group, {i: (float(loss), i == best) for i, loss in zip(order, row)})
+                _, _, _, doc_id, task, split = group[0][1].args[:6]
+                self.requests.write(task, doc_id, self.task_dict[task][split][doc_id], "loglikelihood",
+                                    question=question, options=options, chosen=int(row.argmin()),
+                                    losses=[float(x) for x in row])
 
         batches = _Batches(self.batch_size, rank)
         keys = [(members[0][1].args[2], doc_id, task, split) for (task, split, doc_id, _), members in groups.items()]
@@ -269,10 +289,13 @@ class Topa(lmms):
                 continuations[request.idx] = str(cont(doc) if callable(cont) else cont).strip()
             if len(continuations) > 1:
                 order = sorted(continuations)
-                batches.add(len(order), (members, ctx, order, [continuations[i] for i in order], features))
+                question = self._read_prompt(question_text, ctx, doc, task, doc_id)
+                batches.add(len(order), (members, question, order, [continuations[i] for i in order], features))
             else:
                 (idx, cont), = continuations.items()
-                answer(members, {idx: self._continuation_nll(features, ctx, cont)})
+                by_idx = {idx: self._continuation_nll(features, ctx, cont)}
+                self.requests.write(task, doc_id, doc, "loglikelihood", question=ctx, continuation=cont, loss=by_idx[idx][0])
+                answer(members, by_idx)
         batches.flush()
         progress.close()
         self._log_sources("loglikelihood")
@@ -291,63 +314,75 @@ class Topa(lmms):
         return float(out.loss), greedy
 
     # ----- generation -----
-    def _options(self, ctx: str, doc: dict) -> tuple[str, list[str], list[str]] | None:
-        """(question, letters, option texts) of a multiple-choice doc, else None."""
-        options = doc_options(doc)
-        if options is not None:
-            question = doc.get("question")
-            if not isinstance(question, str):
-                parsed = options_from_prompt(ctx)
-                question = parsed[0] if parsed else ctx
-        else:
-            parsed = options_from_prompt(ctx)
-            if parsed is None:
-                return None
-            question, options = parsed
-        letters, texts = letters_and_texts(options)
-        return question, letters, texts
+    def _read_prompt(self, read, ctx: str, doc: dict, task: str, doc_id: int):
+        """``read(ctx, doc)`` (``parse_options`` or ``question_text``); an ambiguous prompt fails
+        naming the request."""
+        try:
+            return read(ctx, doc)
+        except AmbiguousOptionsError as exc:
+            raise TopaRequestError(f"task {task!r} doc {doc_id}: {exc}") from None
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Option letter by TOPA ranking for multiple-choice docs (``mc_mode=score``); otherwise
-        greedy generation from the open-ended template with ``ctx`` as the question, verbatim
-        (it may hold options and instructions that the release's lower-casing would garble)."""
+        """Options shown in the prompt are ranked (``mc_mode=score``) and answered with the
+        prompt's own label ("B", "(B)", "2", "Caption B"). Prompts that show none are captioned
+        with the authors' protocol (``caption_mode=release``) or answered by greedy generation
+        from the open-ended template with ``ctx`` as the question, verbatim (it may hold
+        instructions that the release's lower-casing would garble)."""
         results: list = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="topa generate")
 
         def rank(batch: list) -> None:
-            positions, features, questions, letters, texts = zip(*batch)
-            losses = self._model.score_choices(list(features), list(questions), list(texts), use_memory=self.use_memory)
-            for position, option_letters, row in zip(positions, letters, losses):
-                results[position] = option_letters[int(row.argmin())]
+            positions, features, options, ranked = zip(*batch)
+            losses = self._model.score_choices(list(features), [o.question for o in options],
+                                               [list(o.texts) for o in options], use_memory=self.use_memory)
+            for position, option_list, row, request in zip(positions, options, losses, ranked):
+                chosen = int(row.argmin())
+                results[position] = option_list.reply(chosen)
+                self._record(request, "rank", question=option_list.question, options=list(option_list.texts),
+                             chosen=chosen, reply=results[position])
             progress.update(len(batch))
 
         def generate(batch: list) -> None:
-            positions, features, prompts, settings = zip(*batch)
-            max_new_tokens, until = settings[0]
-            answers = self._model.generate_answer(list(features), list(prompts), max_new_tokens=max_new_tokens,
-                                                  until=list(until), use_memory=self.use_memory)
-            for position, text in zip(positions, answers):
-                results[position] = text
+            positions, features, contexts, settings, asked = zip(*batch)
+            for position, request, reply in zip(positions, asked, self._generate(list(features), contexts, settings[0])):
+                results[position] = reply
+                self._record(request, "caption" if self.caption_protocol else "generate", question=request.args[0],
+                             reply=reply)
             progress.update(len(batch))
 
         choices, free = _Batches(self.batch_size, rank), _Batches(self.batch_size, generate)
         keys = [request.args[2:6] for request in requests]
         for (position, request), features in zip(enumerate(requests), self._videos(keys)):
             ctx, gen_kwargs, _, doc_id, task, split = request.args[:6]
-            options = self._options(ctx, self.task_dict[task][split][doc_id]) if self.mc_mode == "score" else None
+            doc = self.task_dict[task][split][doc_id]
+            options = self._read_prompt(parse_options, ctx, doc, task, doc_id) if self.mc_mode == "score" else None
             if options is not None:
-                question, letters, texts = options
-                choices.add(len(texts), (position, features, question, letters, texts))
+                choices.add(len(options.texts), (position, features, options, request))
                 continue
             if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0:
                 eval_logger.warning("topa decodes greedily; ignoring sampling settings in gen_kwargs")
             settings = (int(gen_kwargs.get("max_new_tokens", 32)), tuple(_until(gen_kwargs)))
-            free.add(settings, (position, features, ctx.strip(), settings))
+            free.add(settings, (position, features, ctx.strip(), settings, request))
         choices.flush()
         free.flush()
         progress.close()
         self._log_sources("generate_until")
         return results
+
+    def _generate(self, features: list, contexts, settings: tuple[int, tuple]) -> list[str]:
+        """Captions by the authors' protocol (``caption_mode=release``), else greedy open-ended
+        text for the whole batch at once."""
+        if self.caption_protocol is not None:
+            from topa_plugin.captioning import caption_video
+
+            return [caption_video(self._model, f, self.caption_protocol) for f in features]
+        max_new_tokens, until = settings
+        return self._model.generate_answer(features, list(contexts), max_new_tokens=max_new_tokens, until=list(until),
+                                           use_memory=self.use_memory)
+
+    def _record(self, request: Instance, mode: str, **fields) -> None:
+        _, _, _, doc_id, task, split = request.args[:6]
+        self.requests.write(task, doc_id, self.task_dict[task][split][doc_id], mode, **fields)
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("topa answers single-round video questions; multi-round generation is not supported")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from topa_plugin.lmms.choices import letters_and_texts
+from topa_plugin.lmms.choices import option_texts
 
 VIDEO_DIR_ENV = "TOPA_EGOSCHEMA_VIDEOS"
 _SUFFIXES = (".mp4", ".MP4")
@@ -54,4 +54,4 @@ def doc_to_choice(doc: dict) -> list[str]:
     lmms-eval's ``egoschema_doc_to_choice`` keeps only the text up to the option's second
     ".", which would make the mcppl variant rank other texts than the generate variant.
     """
-    return letters_and_texts(doc["option"])[1]
+    return option_texts(doc["option"])

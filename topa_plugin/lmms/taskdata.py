@@ -1,7 +1,7 @@
 """Turn a local EgoSchema-shaped file plus a video folder into a ready lmms-eval task folder.
 
 lmms-eval reads task rows only from a file named in the task yaml, and the yaml's functions see
-only the row, so the folder written here holds a copy of the shipped yamls and the rows, each
+only the row, so the folder written here holds a copy of the shipped EgoSchema yamls and the rows, each
 checked and given the absolute ``video_path`` of its video.
 """
 
@@ -11,11 +11,12 @@ import json
 import shutil
 from pathlib import Path
 
+from topa_plugin.lmms.choices import option_texts
 from topa_plugin.utils import rowfiles
-from topa_plugin.lmms.choices import letters_and_texts
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DATA_FILE = "egoschema_local.jsonl"  # named by the shipped yamls' data_files
+EGOSCHEMA_YAMLS = "*egoschema*.yaml"  # the shipped yamls that read DATA_FILE
 N_OPTIONS = 5  # lmms-eval's EgoSchema parser reads exactly options A-E
 _VIDEO_SUFFIXES = (".mp4", ".MP4")
 
@@ -85,7 +86,7 @@ def prepare_rows(data: str | Path, videos: str | Path | None) -> list[dict]:
             looked = row.get("video_path") or f"{videos}/{row['video_idx']}.mp4"
             problems.append(f"{where} field 'video_path': video not found ({looked})")
             continue
-        _, texts = letters_and_texts(row["option"])
+        texts = option_texts(row["option"])
         prepared.append({**row, "option": [f"{chr(ord('A') + j)}. {t}" for j, t in enumerate(texts)],
                          "answer": int(row["answer"]), "video_path": str(video)})
     if problems:
@@ -94,11 +95,11 @@ def prepare_rows(data: str | Path, videos: str | Path | None) -> list[dict]:
 
 
 def write_task_folder(data: str | Path, videos: str | Path | None, out: str | Path) -> Path:
-    """Write ``out`` with the shipped task yamls and the prepared rows; returns ``out``."""
+    """Write ``out`` with the shipped EgoSchema yamls and the prepared rows; returns ``out``."""
     rows = prepare_rows(data, videos)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for yaml_file in sorted(TASKS_DIR.glob("*.yaml")):
+    for yaml_file in sorted(TASKS_DIR.glob(EGOSCHEMA_YAMLS)):
         shutil.copyfile(yaml_file, out / yaml_file.name)
     with open(out / DATA_FILE, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
