@@ -12,7 +12,7 @@ pytest.importorskip("lmms_eval")
 from lmms_eval.api.instance import Instance
 
 from tests.helpers.lmms_fixtures import build_topa_checkpoint, write_garbage_video
-from tests.lmms.test_model import OPTIONS
+from tests.lmms.test_model import OPTIONS, shown
 from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.lmms import task_utils
 from topa_plugin.lmms.model import Topa, TopaRequestError
@@ -27,8 +27,7 @@ def checkpoint(tmp_path_factory, toy_llama_dir):
 def docs(tmp_path_factory):
     root = tmp_path_factory.mktemp("prefetch_videos")
     videos = [write_toy_video(root / f"v{i}.mp4", n_frames=8 + 5 * i, seed=i) for i in range(5)]
-    mc = [{"video_path": str(v), "question": f"what does c do in part {i}", "option": OPTIONS}
-          for i, v in enumerate(videos)]
+    mc = [{"video_path": str(v), "ctx": shown(f"what does c do in part {i}", OPTIONS)} for i, v in enumerate(videos)]
     free = [{"video_path": str(videos[i]), "ctx": f"where is c in scene {i}?"} for i in (3, 0, 4)]
     return [mc[0], free[0], mc[1], mc[2], free[1], mc[3], free[2], mc[4], mc[0]]
 
@@ -57,7 +56,7 @@ def test_answers_do_not_depend_on_workers_or_batch_size(checkpoint, toy_clip, do
 
 def test_broken_video_fails_the_run_naming_task_doc_and_file(checkpoint, toy_clip, docs, tmp_path):
     broken = write_garbage_video(tmp_path / "broken.mp4")
-    bad = [*docs[:3], {"video_path": str(broken), "question": "q", "option": OPTIONS}, *docs[3:]]
+    bad = [*docs[:3], {"video_path": str(broken), "ctx": shown("q", OPTIONS)}, *docs[3:]]
     lm = topa(checkpoint, toy_clip, decode_workers=2, batch_size=2)
     with pytest.raises(TopaRequestError, match=r"task 't' doc 3: .*broken\.mp4"):
         generate(lm, bad)
