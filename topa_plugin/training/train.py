@@ -32,7 +32,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from topa_plugin.training.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
+from topa_plugin.training.arguments import (
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    parse_arguments,
+)
 from topa_plugin.training.trainer import EpochSetter, save_final, topa_trainer_class
 
 logger = logging.getLogger(__name__)
