@@ -15,7 +15,7 @@ import transformers
 
 from topa_plugin.training import llava_compat
 from topa_plugin.training.trainer import decays
-from topa_plugin.training.arguments import parse_arguments
+from topa_plugin.training.arguments import check_world_size, parse_arguments
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REQUIRED = ["--data_path", "d.jsonl", "--feature_folder", "feats", "--model_name_or_path", "llm", "--use_cpu", "True"]
@@ -153,6 +153,25 @@ def test_weight_decay_rule(name, decayed, without_gates):
     shape = (4,) if name.endswith(("bias", "norm.weight")) else (2, 4)
     assert decays(name, torch.nn.Parameter(torch.zeros(shape))) is decayed
     assert decays(name, torch.nn.Parameter(torch.zeros(shape)), decay_gates=False) is without_gates
+
+
+def test_use_cpu_defaults_to_true_on_a_host_without_accelerators(monkeypatch):
+    """Else accelerate sees one process per rank: torchrun ranks would train as independent copies."""
+    import torch
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    _, _, args = parse_arguments(REQUIRED[:-2])
+    assert args.use_cpu is True
+
+
+def test_a_launch_the_trainer_does_not_see_whole_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match=r"started 2 processes \(WORLD_SIZE\) but the trainer sees 1: .* --use_cpu True"):
+        check_world_size(SimpleNamespace(world_size=1))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_world_size(SimpleNamespace(world_size=1))
 
 
 def test_release_objective_is_the_default_and_flags_select_the_alternative():
