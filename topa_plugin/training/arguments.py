@@ -13,10 +13,7 @@ import torch
 import transformers
 
 from topa_plugin.processing import QUESTION_MARK_RULES, TEXTVID_QUESTION_MARK
-from topa_plugin.training.deepspeed_config import (
-    DeepSpeedConfigError,
-    check_deepspeed_config,
-)
+from topa_plugin.training.deepspeed_config import DeepSpeedConfigError, check_deepspeed_config
 from topa_plugin.training.llava_compat import BACKENDS, default_backend
 from topa_plugin.training.samples import OVERLONG_POLICIES
 

@@ -32,12 +32,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from topa_plugin.training.arguments import (
-    DataArguments,
-    ModelArguments,
-    TrainingArguments,
-    parse_arguments,
-)
+from topa_plugin.training.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
 from topa_plugin.training.trainer import EpochSetter, save_final, topa_trainer_class
 
 logger = logging.getLogger(__name__)
@@ -106,7 +101,6 @@ def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: 
             if "lora_" in name:
                 param.data = param.data.float()  # trainables in fp32 (autocast handles the matmuls)
     return model
-
 
 
 def init_deepspeed_comm(training_args: TrainingArguments) -> None:
