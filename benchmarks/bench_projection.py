@@ -50,8 +50,8 @@ def naive(frames: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
 
 
 def child(args) -> None:
-    from topa_plugin.features.transforms import l2_normalize
     from topa_plugin.features.memory import project_to_memory
+    from topa_plugin.features.transforms import l2_normalize
 
     torch.manual_seed(1)
     memory = clustered_memory(args.rows, args.dim)

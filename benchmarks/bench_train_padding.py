@@ -35,10 +35,10 @@ def build_data(work: Path, max_feats: int, max_seq_len: int):
     from transformers import AutoTokenizer
 
     from topa_plugin.demo import toy
-    from topa_plugin.training.textvid_dataset import TextVidDataset
     from topa_plugin.features.writer import write_sharded
     from topa_plugin.processing import TopaProcessor
     from topa_plugin.textvid import read_textvid, sample_path
+    from topa_plugin.training.textvid_dataset import TextVidDataset
 
     records = read_textvid(sample_path())
     corpus = [r.global_video_caption for r in records]
@@ -90,8 +90,8 @@ def time_steps(model, batches, device: str, warmup: int) -> list[float]:
     from topa_plugin.training.trainer import decays
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p)], "weight_decay": 0.1},
-                                   {"params": [p for n, p in params if not decays(n, p)], "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p, decay_gates=True)], "weight_decay": 0.1},
+                                   {"params": [p for n, p in params if not decays(n, p, decay_gates=True)], "weight_decay": 0.0}],
                                   lr=1e-4, betas=(0.9, 0.95))
     times = []
     for i, batch in enumerate(batches):

@@ -12,10 +12,7 @@ examples/extract_textvid_features.py:
 
 import argparse
 
-from topa_plugin import FeatureStore
-from topa_plugin import build_memory
-from topa_plugin import load_memory
-from topa_plugin import save_memory
+from topa_plugin import FeatureStore, build_memory, load_memory, save_memory
 
 
 def main() -> None:

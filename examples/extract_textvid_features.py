@@ -17,11 +17,7 @@ import argparse
 
 import torch
 
-from topa_plugin import FeatureStore
-from topa_plugin import extract_textvid
-from topa_plugin import load_clip
-from topa_plugin import read_textvid
-from topa_plugin import sample_path
+from topa_plugin import FeatureStore, extract_textvid, load_clip, read_textvid, sample_path
 
 
 def main() -> None:

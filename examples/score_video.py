@@ -17,9 +17,7 @@ import argparse
 
 import torch
 
-from topa_plugin import TopaForCausalLM
-from topa_plugin import load_clip
-from topa_plugin import read_frames
+from topa_plugin import TopaForCausalLM, load_clip, read_frames
 
 
 def main() -> None:

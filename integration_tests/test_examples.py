@@ -74,8 +74,7 @@ def test_every_example_is_tested_here_and_listed_in_the_readme():
 
 
 def test_score_video_prints_score_choices_nll_per_choice_and_the_argmin(root, checkpoint, clip_args, encoder):
-    from topa_plugin import TopaForCausalLM
-    from topa_plugin import read_frames
+    from topa_plugin import TopaForCausalLM, read_frames
     from topa_plugin.demo.toy import write_toy_video
 
     question, choices, _ = ROWS[0]
@@ -99,8 +98,7 @@ def test_score_video_prints_score_choices_nll_per_choice_and_the_argmin(root, ch
 
 
 def test_extract_textvid_features_fuses_every_frames_captions(feature_store, encoder):
-    from topa_plugin import FeatureStore
-    from topa_plugin import read_textvid
+    from topa_plugin import FeatureStore, read_textvid
     from topa_plugin.textvid import sample_path
 
     out, stdout = feature_store
@@ -129,8 +127,7 @@ def _nearest_store_rows(memory: torch.Tensor, store) -> list[int]:
 
 
 def test_build_memory_keeps_every_distinct_frame_or_a_seeded_sample(root, feature_store):
-    from topa_plugin import FeatureStore
-    from topa_plugin import load_memory
+    from topa_plugin import FeatureStore, load_memory
 
     out, _ = feature_store
     store = FeatureStore(out)

@@ -38,7 +38,8 @@ def lmms_eval_command() -> str:
 
 
 def topa_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "topa_plugin.cli", *map(str, args)], capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run([sys.executable, "-m", "topa_plugin.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,8 @@ def run_lmms_eval(fx, out: Path, tasks=TASKS, include_path=None, launcher=()) ->
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(fx["root"] / "hf_home"),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("TOPA_EGOSCHEMA_VIDEOS", None)
-    command = [*launcher, *(["-m", "lmms_eval"] if launcher else [lmms_eval_command()]), "--model", "topa", "--model_args", model_args, "--tasks", ",".join(tasks),
+    command = [*launcher, *(["-m", "lmms_eval"] if launcher else [lmms_eval_command()]),
+               "--model", "topa", "--model_args", model_args, "--tasks", ",".join(tasks),
                "--include_path", str(include_path or fx["tasks"]), "--output_path", str(out), "--log_samples",
                "--batch_size", "2", "--verbosity", "INFO"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)

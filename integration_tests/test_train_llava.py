@@ -19,13 +19,13 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from topa_plugin.demo import toy
 from topa_plugin.cli import main as topa_main
+from topa_plugin.demo import toy
 from topa_plugin.features.store import FeatureStore
 from topa_plugin.modeling import TopaForCausalLM
 from topa_plugin.textvid import TextVidError, read_textvid, sample_path
-from topa_plugin.training.train import main as train_main
 from topa_plugin.training.arguments import parse_arguments
+from topa_plugin.training.train import main as train_main
 from topa_plugin.training.train import run
 
 STEPS = 40

@@ -1,4 +1,4 @@
-"""TopaForCausalLM against the independent plain-torch oracle in tests/reference_topa.py."""
+"""TopaForCausalLM against the independent plain-torch oracle in tests/helpers/reference_topa.py."""
 
 from __future__ import annotations
 
@@ -7,20 +7,21 @@ import dataclasses
 import pytest
 import sentencepiece as spm
 import torch
-from tests.helpers.reference_topa import reference_logits, reference_scores, reference_video
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.helpers.reference_topa import reference_logits, reference_scores, reference_video
 from topa_plugin.configuration import TopaConfig
+from topa_plugin.demo.toy import fan_in_rescale
 from topa_plugin.modeling import TopaForCausalLM
 from topa_plugin.processing import TopaProcessor
-from topa_plugin.demo.toy import fan_in_rescale
 
 FEATURE_DIM = 32
 MAX_FEATS = 10
 ADAPTER_LAYER = 3  # of the toy's 4 layers: the lowest layer must still run, without adapter
 
 QUESTIONS = [
-    ("what did the person do after picking up the knife", ["cut the onion", "washed the pan", "opened the fridge", "poured the water", "left the kitchen"]),
+    ("what did the person do after picking up the knife",
+     ["cut the onion", "washed the pan", "opened the fridge", "poured the water", "left the kitchen"]),
     ("Where is the dog.", ["in the garden", "on the court", "under the table", "in the kitchen", "on the lawn"]),
     ("how many times does the player shoot?", ["once", "twice", "three times", "four times", "never"]),
 ]
@@ -103,10 +104,7 @@ def test_forward_matches_reference(model, with_video):
     video = model.prepare_video(features(7, 0))
     ids = torch.tensor([prompt.input_ids])
     with torch.no_grad():
-        if with_video:
-            ours = model(ids, video[None], prompt.video_start).logits[0]
-        else:
-            ours = model(ids).logits[0]
+        ours = model(ids, video[None], prompt.video_start).logits[0] if with_video else model(ids).logits[0]
     ref = reference_logits(
         model.llm, adapter_tensors(model), ADAPTER_LAYER, prompt.input_ids,
         video if with_video else None, prompt.video_start,

@@ -44,3 +44,12 @@ def test_offline_readme_command_runs(command, tmp_path):
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+
+def test_module_map_matches_the_package():
+    """Every top-level module and subpackage of topa_plugin has a row in the README's module map, and no more."""
+    package = README.parent / "topa_plugin"
+    entries = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir() if p.name != "__pycache__"}
+    section = README.read_text(encoding="utf-8").split("## Where the code lives")[1].split("\n## ")[0]
+    listed = set(re.findall(r"^\| `topa_plugin/([^`]+)`", section, re.MULTILINE))
+    assert listed == entries

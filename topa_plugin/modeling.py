@@ -1,4 +1,4 @@
-"""TopaForCausalLM: a frozen Hugging Face Llama-family LM plus the TOPA video adapter.
+"""TopaForCausalLM: a frozen Hugging Face decoder LM plus the TOPA video adapter.
 
 The LLM runs unchanged except for its attention kernel (``topa_plugin.attention``), which adds
 the per-layer adapter prompts and the video bias in the top ``adapter_layer`` layers. All
@@ -18,13 +18,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from topa_plugin.attention import TOPA_ATTENTION, TopaAttentionState
 from topa_plugin.configuration import TopaConfig
+from topa_plugin.decoders import DecoderFamily, decoder_family
 from topa_plugin.features import memory as memory_bank
 from topa_plugin.features.transforms import l2_normalize, sample_frames
 from topa_plugin.generation import TopaGenerationMixin
 from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
 from topa_plugin.utils.constants import BASE_DIR, MEMORY_FILE, TOKENIZER_FILES
 from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, save_adapter
-
 
 
 class TopaAdapter(nn.Module):
@@ -64,7 +64,9 @@ class TopaAdapter(nn.Module):
         weight = self.visual_proj.weight
         return self.visual_proj(video_features.to(device=weight.device, dtype=weight.dtype)) + self.temporal_emb.weight
 
-    def attention_state(self, config: TopaConfig, video_start: torch.Tensor | None, dtype) -> TopaAttentionState:
+    def attention_state(
+        self, config: TopaConfig, family: DecoderFamily, video_start: torch.Tensor | None, query_start: int, dtype
+    ) -> TopaAttentionState:
         """The attention's per-forward inputs, cast once (tanh in float32, as the release does)."""
         prompts = self.adapter_query.weight.view(config.adapter_layer, self.adapter_len, -1)
         return TopaAttentionState(
@@ -74,6 +76,8 @@ class TopaAdapter(nn.Module):
             video_gate=self.gate2.to(dtype),
             video_start=video_start,
             max_feats=config.max_feats,
+            key_values=family.key_values,
+            query_start=query_start,
             prompt_kv=self._prompt_kv,
         )
 
@@ -92,6 +96,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         if llm is None:
             llm = AutoModelForCausalLM.from_config(config.text_config)
         self._check_llm(llm.config, config.text_config, "the given LLM")
+        self.decoder_family = decoder_family(llm)
         llm.set_attn_implementation(TOPA_ATTENTION)
         llm.requires_grad_(False)
         config.text_config = llm.config
@@ -186,7 +191,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         and the video bias are placed by absolute position. ``use_cache=None`` means no cache.
         """
         embeds = self.llm.get_input_embeddings()(input_ids)
-        past_len = 0 if past_key_values is None else past_key_values.get_seq_length()
+        past_len = 0 if past_key_values is None else _cached_length(past_key_values)
         start = self._video_start(video_start, input_ids.shape[0], input_ids.device)
         if video_features is not None:
             embeds = self._insert_video(embeds, video_features, start, past_len)
@@ -196,7 +201,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
             cache=past_key_values,
             use_cache=bool(use_cache),
             logits_to_keep=logits_to_keep,
-            topa_state=self.adapter.attention_state(self.config, start, embeds.dtype),
+            topa_state=self.adapter.attention_state(self.config, self.decoder_family, start, past_len, embeds.dtype),
         )
         loss = None
         if labels is not None:
@@ -251,6 +256,22 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
                 break
         model.eval()
         return model.to(device) if device is not None else model
+
+
+def _cached_length(cache) -> int:
+    """Positions already in ``cache``; only caches whose layers return every key up to the query qualify.
+
+    The video bias is placed by absolute position (topa_plugin.attention): a DynamicCache's
+    layers, sliding ones included, hand over the keys that end at the last query; static layers
+    hand over fixed-size or rolled buffers, on which gate2 would land on the wrong keys silently.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(isinstance(layer, DynamicLayer) for layer in layers):
+        kinds = sorted({type(layer).__name__ for layer in layers or ()}) or [type(cache).__name__]
+        raise ValueError(f"TOPA needs a DynamicCache (dynamic or sliding-window layers), got {', '.join(kinds)}")
+    return cache.get_seq_length()
 
 
 def _resolve_base(directory: Path, base: str | None) -> str:

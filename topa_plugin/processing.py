@@ -11,7 +11,9 @@ Both text parts are tokenised as whole strings without special tokens, exactly a
 with a space; special-token text inside a question (``"</s>"``) is tokenised as plain text, as
 sentencepiece does. For byte-level BPE tokenizers (Llama-3, tiktoken-style) the same strings go
 through the tokenizer with no prefix space, which is what the release's Llama-3 code does;
-``<s>``/``</s>`` become the tokenizer's ``bos_token``/``eos_token``.
+``<s>``/``</s>`` become the tokenizer's ``bos_token``/``eos_token`` (Gemma: ``<bos>``/``<eos>``).
+A tokenizer without a BOS token (Qwen2/2.5/3, whose models are trained without one) gets no
+``<s>``: the prompt starts with "Instruction". An EOS token is required: it ends every answer.
 
 Labels (-100 elsewhere) cover the tokens the release trains on: everything after a fixed marker
 in the rest string, through ``</s>``. The release finds these by token offsets from hard-coded
@@ -39,7 +41,6 @@ SUMMARY_ANSWER_MARKER = "\nDescription"
 # When "?" is appended to a question: "keep_period" unless it ends in "?" or "." (the release's evaluation
 # prompts), "always" unless it ends in "?" (its TextVid training prompts: "... the task." -> "... the task.?").
 QUESTION_MARK_RULES = ("keep_period", "always")
-TEXTVID_QUESTION_MARK = "always"
 
 
 @dataclass
@@ -66,9 +67,9 @@ class TopaProcessor:
         self.max_feats = int(max_feats)
         self.newline_text = newline_text
         name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
-        if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-            raise ValueError(f"tokenizer {name!r} has no bos/eos token; TOPA prompts need both")
-        self.bos_id = tokenizer.bos_token_id
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer {name!r} has no eos token; TOPA answers end with it")
+        self.bos_id = tokenizer.bos_token_id  # None: the family uses no BOS
         self.eos_id = tokenizer.eos_token_id
         if not self.encode_text("Video:"):
             # transformers 5 LlamaTokenizer(vocab_file=...) silently returns empty ids.
@@ -109,7 +110,8 @@ class TopaProcessor:
 
     def _build(self, instruction: str, rest: str, answer_char: int | None, close: bool) -> TopaPrompt:
         """Assemble ids and labels; ``answer_char`` is where supervision starts in ``rest`` (None: none)."""
-        head = [self.bos_id, *self.encode_text(f"Instruction: {instruction}\nVideo:")]
+        bos = [] if self.bos_id is None else [self.bos_id]
+        head = [*bos, *self.encode_text(f"Instruction: {instruction}\nVideo:")]
         video_start = len(head)
         body = self.encode_text(rest)
         tail = [self.eos_id] if close else []

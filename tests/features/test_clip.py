@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from topa_plugin.features.clip import load_clip
 from topa_plugin.demo.toy import build_toy_clip
+from topa_plugin.features.clip import load_clip
 
 TEXTS = ["a woman cracks eggs into a bowl", "a dog runs across the lawn", "", "two players jump for the ball",
          "someone stirs a pot on the stove while talking on the phone"]

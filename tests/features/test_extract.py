@@ -9,18 +9,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tests.helpers.release_fixtures import write_malicious_memory
 
-from topa_plugin.features.transforms import l2_normalize
+from tests.helpers.release_fixtures import write_malicious_memory
 from topa_plugin.cli import main
+from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.features.clip import load_clip
-from topa_plugin.features.writer import CRASH_ENV
-from topa_plugin.features.store import FeatureError, FeatureStore
 from topa_plugin.features.extract import extract_textvid, extract_videos, fuse_frames, import_release, video_features
+from topa_plugin.features.store import FeatureError, FeatureStore
+from topa_plugin.features.transforms import l2_normalize
+from topa_plugin.features.video import VideoDecodeError, read_frames
+from topa_plugin.features.writer import CRASH_ENV
 from topa_plugin.release.safeload import UnsafePickleError
 from topa_plugin.textvid import read_textvid, sample_path, write_jsonl
-from topa_plugin.demo.toy import write_toy_video
-from topa_plugin.features.video import VideoDecodeError, read_frames
 
 SHARD = 16
 

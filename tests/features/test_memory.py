@@ -3,11 +3,11 @@ import pickle
 
 import pytest
 import torch
-from tests.helpers.release_fixtures import write_malicious_memory
 from safetensors.torch import save_file
 
-from topa_plugin.features.transforms import l2_normalize, noise_injection
+from tests.helpers.release_fixtures import write_malicious_memory
 from topa_plugin.features.memory import load_memory, project_to_memory, save_memory, top_k_error
+from topa_plugin.features.transforms import l2_normalize, noise_injection
 from topa_plugin.release.safeload import UnsafePickleError
 
 

@@ -3,13 +3,12 @@ import pickle
 
 import pytest
 import torch
-from tests.helpers.release_fixtures import write_malicious_memory
 
-from topa_plugin.features.transforms import l2_normalize
-from topa_plugin.features.memory import load_memory
+from tests.helpers.release_fixtures import write_malicious_memory
 from topa_plugin.cli import main
+from topa_plugin.features.memory import build_memory, load_memory
 from topa_plugin.features.store import FeatureError, FeatureStore
-from topa_plugin.features.memory import build_memory
+from topa_plugin.features.transforms import l2_normalize
 from topa_plugin.features.writer import write_sharded
 
 

@@ -37,9 +37,9 @@ def build_topa_checkpoint(out_dir: str | Path, llama_dir: str | Path, *, seed: i
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from topa_plugin.configuration import TopaConfig
+    from topa_plugin.demo.toy import fan_in_rescale
     from topa_plugin.modeling import TopaForCausalLM
     from topa_plugin.processing import TopaProcessor
-    from topa_plugin.demo.toy import fan_in_rescale
 
     llm = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
@@ -102,10 +102,10 @@ def write_garbage_video(path: str | Path) -> Path:
 
 def expected_predictions(checkpoint: Path, clip_config: Path, clip_weights: Path, data: Path, videos: Path) -> list[int]:
     """Option index per row by ``score_choices`` on frames decoded and encoded here, outside lmms-eval."""
-    from topa_plugin.features.transforms import l2_normalize
     from topa_plugin.features.clip import load_clip
-    from topa_plugin.modeling import TopaForCausalLM
+    from topa_plugin.features.transforms import l2_normalize
     from topa_plugin.features.video import read_frames
+    from topa_plugin.modeling import TopaForCausalLM
 
     model = TopaForCausalLM.from_pretrained(checkpoint)
     encoder = load_clip(str(clip_config), str(clip_weights))

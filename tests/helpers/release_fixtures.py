@@ -148,10 +148,7 @@ def build_release(root: str | Path, *, dim: int = 64, n_layers: int = 4, n_heads
     llama_root = root / "llama"
     llama_dir = llama_root / "7B"
     llama_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is None:
-        tokenizer = train_toy_tokenizer(llama_root / "tok")
-    else:
-        tokenizer = Path(tokenizer_dir) / "tokenizer.model"
+    tokenizer = train_toy_tokenizer(llama_root / "tok") if tokenizer_dir is None else Path(tokenizer_dir) / "tokenizer.model"
     (llama_root / "tokenizer.model").write_bytes(tokenizer.read_bytes())
     tokenizer = llama_root / "tokenizer.model"
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
@@ -287,7 +284,7 @@ def meta_logits(release: ReleaseFiles, tokens: list[int], video: torch.Tensor | 
 
 def release_scores(release: ReleaseFiles, sp, features, question: str, options: list[str], use_memory: bool):
     """The release protocol on the Meta-format release: one full forward per option, mean NLL from the
-    first differing token through </s>. Video preparation and prompts come from tests/reference_topa.py."""
+    first differing token through </s>. Video preparation and prompts come from tests/helpers/reference_topa.py."""
     from tests.helpers.reference_topa import reference_mc_sequences, reference_video
 
     max_feats = release.args.max_feats

@@ -16,9 +16,9 @@ from tests.helpers.lmms_fixtures import (
     write_garbage_video,
     write_zero_frame_video,
 )
+from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.lmms import task_utils
 from topa_plugin.lmms.model import Topa, TopaRequestError
-from topa_plugin.demo.toy import write_toy_video
 
 OPTIONS = ["A. c cooks a meal", "B. c cleans the kitchen", "C. c repairs a bicycle", "D. c paints a wall", "E. c plays"]
 
@@ -121,7 +121,8 @@ def test_precomputed_features_replace_decoding(lm, tmp_path, monkeypatch):
     assert lm.features.counts["decoded"] == before.get("decoded", 0)
 
     np.save(tmp_path / "ego-43.npy", features[:, :32])
-    with pytest.raises(TopaRequestError, match=rf"task 't' doc 0: {tmp_path}/ego-43.npy: expected features of shape \[T>=1, {FEATURE_DIM}\]"):
+    with pytest.raises(TopaRequestError, match=rf"task 't' doc 0: {tmp_path}/ego-43.npy: "
+                       rf"expected features of shape \[T>=1, {FEATURE_DIM}\]"):
         generate(lm, [dict(doc, video_idx="ego-43")])
 
 

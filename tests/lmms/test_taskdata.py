@@ -17,7 +17,8 @@ OPTIONS = ["c opens the door. then he leaves", "c sits", "c reads", "c writes", 
 
 
 def row(i=0, **changes):
-    base = {"video_idx": f"v{i}", "question": "what does c do?", "option": [f"{'ABCDE'[j]}. {o}" for j, o in enumerate(OPTIONS)], "answer": 2}
+    base = {"video_idx": f"v{i}", "question": "what does c do?",
+            "option": [f"{'ABCDE'[j]}. {o}" for j, o in enumerate(OPTIONS)], "answer": 2}
     return {**base, **changes}
 
 
@@ -83,7 +84,8 @@ def test_resolve_video_prefers_the_rows_path_then_the_env_folder_then_hf_home(tm
     monkeypatch.setenv(task_utils.VIDEO_DIR_ENV, str(video_dir))
     assert task_utils.doc_to_visual({"video_idx": "v1"}) == [str(video_dir / "v1.mp4")]
     assert task_utils.doc_to_visual({"video_idx": "v1", "video_path": str(video_dir / "v2.mp4")}) == [str(video_dir / "v2.mp4")]
-    with pytest.raises(task_utils.MissingVideoError, match=rf"video_idx='v9': video not found \(tried {video_dir}/v9.mp4, {video_dir}/v9.MP4\)"):
+    with pytest.raises(task_utils.MissingVideoError,
+                       match=rf"video_idx='v9': video not found \(tried {video_dir}/v9.mp4, {video_dir}/v9.MP4\)"):
         task_utils.doc_to_visual({"video_idx": "v9"})
 
 

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+
 from tests.helpers.release_fixtures import (
     build_release,
     meta_logits,
@@ -17,10 +18,9 @@ from tests.helpers.release_fixtures import (
     write_malicious_checkpoint,
     write_malicious_memory,
 )
-
 from topa_plugin.cli import main
-from topa_plugin.release.meta_llama import ConversionError, find_meta_files, load_meta_state_dict, meta_llama_config, write_hf_base
 from topa_plugin.release.convert import convert_official
+from topa_plugin.release.meta_llama import ConversionError, find_meta_files, load_meta_state_dict, meta_llama_config, write_hf_base
 
 QUESTIONS = [
     ("what did the person do after picking up the knife", ["cut the onion", "washed the pan", "opened the fridge",

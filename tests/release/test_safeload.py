@@ -10,8 +10,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from tests.helpers.release_fixtures import write_malicious_memory
 
+from tests.helpers.release_fixtures import write_malicious_memory
 from topa_plugin.release import safeload
 from topa_plugin.release.safeload import UnsafePickleError, load_release_pickle
 

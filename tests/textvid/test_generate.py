@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.helpers.openai_stub_server import ACCEPTED_KINDS, REJECTED_KINDS, StubOpenAIServer
 
+from tests.helpers.openai_stub_server import ACCEPTED_KINDS, REJECTED_KINDS, StubOpenAIServer
 from topa_plugin.textvid.backends import (
     BackendError,
     HFBackend,

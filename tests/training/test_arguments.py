@@ -14,8 +14,8 @@ import pytest
 import transformers
 
 from topa_plugin.training import llava_compat
-from topa_plugin.training.trainer import decays
 from topa_plugin.training.arguments import check_world_size, parse_arguments
+from topa_plugin.training.trainer import decays
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REQUIRED = ["--data_path", "d.jsonl", "--feature_folder", "feats", "--model_name_or_path", "llm", "--use_cpu", "True"]
@@ -29,6 +29,9 @@ RELEASE = {
     "finetune_star_llama2_13b": (384, 5e-3, 5, 128),
     "finetune_tvqa_llama2_13b": (384, 5e-3, 5, 128),
 }
+# Recipes beyond the release, scaled from pretrain_llama3_8b (their headers say how):
+# (effective batch on 4 GPUs, base lr, adapter_layer = the model's depth)
+SCALED = {"pretrain_qwen2.5_7b": (448, 5e-3, 28), "pretrain_llama3.1_8b": (448, 5e-3, 32)}
 
 
 def hide_llava(monkeypatch):
@@ -81,6 +84,16 @@ def test_launch_script_parses_with_the_release_hyperparameters(name):
         assert data_args.task == "finetune" and model_args.init_from and data_args.layout in name
 
 
+@pytest.mark.parametrize("name", sorted(SCALED))
+def test_scaled_recipes_parse_with_the_llama3_8b_hyperparameters(name):
+    model_args, data_args, args = parse_arguments(["--config", name, "--use_cpu", "True"])
+    effective, blr, depth = SCALED[name]
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 4 == effective
+    assert args.base_learning_rate == pytest.approx(blr) and args.num_train_epochs == 20
+    assert model_args.adapter_layer == depth and model_args.adapter_len == 50 and data_args.max_seq_len == 150
+    assert data_args.task == "pretrain" and args.bf16
+
+
 def test_zero3_config_is_valid_json():
     config = json.loads((CONFIGS / "zero3.json").read_text())
     assert config["zero_optimization"]["stage"] == 3
@@ -109,9 +122,20 @@ def test_warmup_ratio_becomes_a_ratio_of_warmup_steps():
         parse_arguments(REQUIRED + ["--warmup_ratio", "0.05", "--warmup_steps", "10"])
 
 
-def test_length_check_is_on_by_default_and_overlong_policy_is_validated():
+def test_unset_data_settings_take_the_datasets_release_defaults_and_overlong_is_validated():
+    import inspect
+
+    from topa_plugin.training.textvid_dataset import TextVidDataset
+    from topa_plugin.training.videoqa_dataset import VideoQADataset
+
     _, data_args, _ = parse_arguments(REQUIRED)
-    assert data_args.check_lengths is True and data_args.overlong == "error"
+    unset = (data_args.max_seq_len, data_args.answer_balance, data_args.check_lengths, data_args.overlong)
+    assert unset == (None, None, None, None)
+    textvid, videoqa = (inspect.signature(d).parameters for d in (TextVidDataset, VideoQADataset))
+    # the release: pre-alignment 150 tokens with balanced answers, finetuning 128 without
+    assert (textvid["max_seq_len"].default, textvid["answer_balance"].default) == (150, True)
+    assert (videoqa["max_seq_len"].default, videoqa["answer_balance"].default) == (128, False)
+    assert all(d["check_lengths"].default is True and d["overlong"].default == "error" for d in (textvid, videoqa))
     _, data_args, _ = parse_arguments(REQUIRED + ["--overlong", "skip", "--check_lengths", "False"])
     assert data_args.overlong == "skip" and data_args.check_lengths is False
     with pytest.raises(SystemExit):
@@ -151,7 +175,7 @@ def test_weight_decay_rule(name, decayed, without_gates):
     import torch
 
     shape = (4,) if name.endswith(("bias", "norm.weight")) else (2, 4)
-    assert decays(name, torch.nn.Parameter(torch.zeros(shape))) is decayed
+    assert decays(name, torch.nn.Parameter(torch.zeros(shape)), decay_gates=True) is decayed
     assert decays(name, torch.nn.Parameter(torch.zeros(shape)), decay_gates=False) is without_gates
 
 
@@ -176,7 +200,7 @@ def test_a_launch_the_trainer_does_not_see_whole_is_refused(monkeypatch):
 
 def test_release_objective_is_the_default_and_flags_select_the_alternative():
     _, data_args, args = parse_arguments(REQUIRED)
-    assert data_args.question_mark == "always" and args.decay_gates is True
+    assert data_args.question_mark is None and args.decay_gates is True  # None: TextVidDataset's default, "always"
     _, data_args, args = parse_arguments(REQUIRED + ["--question_mark", "keep_period", "--decay_gates", "False"])
     assert data_args.question_mark == "keep_period" and args.decay_gates is False
 
@@ -208,7 +232,7 @@ def test_shipped_recipes_resolve_by_name_and_by_model_folder(tmp_path):
     from topa_plugin.training.arguments import resolve_config, shipped_configs
 
     names = {name for name in shipped_configs() if "/" not in name}
-    assert names == set(RELEASE)
+    assert names == set(RELEASE) | set(SCALED)
     assert resolve_config("pretrain_llama2_7b") == resolve_config("llama2/pretrain_llama2_7b.yaml")
     own = tmp_path / "pretrain_llama2_7b"
     own.write_text("seed: 3\n")

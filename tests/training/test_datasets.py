@@ -11,13 +11,13 @@ import random
 import pytest
 import torch
 
-from topa_plugin.training.samples import MULTIPLE_CHOICE, OPEN_ENDED, SUMMARY, DataError, balance_options, caption_slot_task
-from topa_plugin.training.textvid_dataset import TextVidDataset
-from topa_plugin.training.collator import TopaCollator
-from topa_plugin.training.videoqa_dataset import VideoQADataset, read_video_qa
 from topa_plugin.features.writer import write_sharded
 from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
 from topa_plugin.textvid import TextVidError, read_textvid, sample_path
+from topa_plugin.training.collator import TopaCollator
+from topa_plugin.training.samples import MULTIPLE_CHOICE, OPEN_ENDED, SUMMARY, DataError, balance_options, caption_slot_task
+from topa_plugin.training.textvid_dataset import TextVidDataset
+from topa_plugin.training.videoqa_dataset import VideoQADataset, read_video_qa
 
 DIM = 16
 OPTIONS = ["cut the onion", "washed the pan", "opened the fridge", "poured the water", "left the kitchen"]

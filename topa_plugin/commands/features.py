@@ -38,9 +38,9 @@ def _encoder(args):
 def _report(args, run) -> int:
     """Run a job; expected input errors become one clear message and exit status 2."""
     from topa_plugin.features.store import FeatureError
+    from topa_plugin.features.video import VideoDecodeError
     from topa_plugin.release.safeload import UnsafePickleError
     from topa_plugin.textvid.records import TextVidError
-    from topa_plugin.features.video import VideoDecodeError
 
     try:
         index = run()

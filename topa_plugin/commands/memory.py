@@ -8,9 +8,8 @@ COMMAND = "memory"
 
 
 def run_build(args) -> int:
-    from topa_plugin.features.memory import save_memory
+    from topa_plugin.features.memory import build_memory, save_memory
     from topa_plugin.features.store import FeatureError, FeatureStore
-    from topa_plugin.features.memory import build_memory
 
     try:
         memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed)

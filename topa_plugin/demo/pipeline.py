@@ -158,11 +158,10 @@ def _read_results(results_dir: Path, log: str) -> tuple[dict, list[str]]:
 def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
     """Run every stage, print what happens, and return timings, losses and the evaluation results."""
     from topa_plugin.demo import toy
-    from topa_plugin.features.memory import save_memory
     from topa_plugin.features.clip import load_clip
-    from topa_plugin.features.store import FeatureStore
-    from topa_plugin.features.memory import build_memory
     from topa_plugin.features.extract import extract_textvid
+    from topa_plugin.features.memory import build_memory, save_memory
+    from topa_plugin.features.store import FeatureStore
     from topa_plugin.lmms.taskdata import write_task_folder
     from topa_plugin.textvid import sample_path
     from topa_plugin.textvid.records import compute_stats, read_textvid

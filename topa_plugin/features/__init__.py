@@ -1,0 +1,1 @@
+"""Stage 2, features: CLIP encoders, video frames, feature stores, extraction jobs and the memory bank."""

@@ -18,6 +18,10 @@ def sample_frames(features: torch.Tensor, max_feats: int) -> torch.Tensor:
 
     Longer sequences keep rows ``(j * T) // max_feats``; shorter ones are padded with zero rows
     (which the release does not mask).
+
+    Args:
+        features: ``[T, F]`` per-frame features, T >= 1.
+        max_feats: the model's video slots (``TopaConfig.max_feats``, 10 in the release).
     """
     if features.ndim != 2 or features.shape[0] == 0:
         raise ValueError(f"expected frame features of shape [T>=1, F], got {tuple(features.shape)}")

@@ -19,7 +19,6 @@ import torch
 
 from topa_plugin.features.store import DTYPES, INDEX, PROGRESS, VERSION, FeatureError, shard_name
 
-
 # Fault injection for the resume tests: exit abruptly while writing the shard that
 # follows this many completed ones (after its temp file, before the rename).
 CRASH_ENV = "TOPA_FEATURES_CRASH_AFTER_SHARDS"

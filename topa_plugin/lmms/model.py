@@ -80,8 +80,8 @@ class Topa(lmms):
         super().__init__()
         from accelerate import Accelerator
 
-        from topa_plugin.features.memory import load_memory
         from topa_plugin.features.clip import load_clip
+        from topa_plugin.features.memory import load_memory
         from topa_plugin.modeling import TopaForCausalLM
 
         if max_batch_size is not None:
@@ -108,7 +108,8 @@ class Topa(lmms):
         if memory:
             bank = load_memory(memory)
             if bank.shape[1] != config.feature_dim:
-                raise ValueError(f"{memory}: memory rows have dim {bank.shape[1]}, the checkpoint {pretrained} expects {config.feature_dim}")
+                raise ValueError(f"{memory}: memory rows have dim {bank.shape[1]}, "
+                                 f"the checkpoint {pretrained} expects {config.feature_dim}")
             self._model.memory = bank.to(self._device)
 
         encoder = load_clip(str(clip_model), clip_pretrained, device=self._device)
@@ -188,7 +189,8 @@ class Topa(lmms):
         groups: OrderedDict = OrderedDict()
         for position, request in enumerate(requests):
             if len(request.args) < 6:
-                raise TopaRequestError(f"task {request.task_name!r} doc {request.doc_id}: loglikelihood request without a video (args {request.args!r}); TOPA cannot score it")
+                raise TopaRequestError(f"task {request.task_name!r} doc {request.doc_id}: loglikelihood request without "
+                                       f"a video (args {request.args!r}); TOPA cannot score it")
             ctx, _, doc_to_visual, doc_id, task, split = request.args[:6]
             groups.setdefault((task, split, doc_id, ctx), []).append((position, request))
         results: list = [None] * len(requests)

@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from topa_plugin.utils import rowfiles
 from topa_plugin.lmms.choices import letters_and_texts
+from topa_plugin.utils import rowfiles
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DATA_FILE = "egoschema_local.jsonl"  # named by the shipped yamls' data_files

@@ -1,0 +1,1 @@
+"""The authors' release (the "official" checkpoints): Meta-format conversion, checkpoint mapping, safe unpickling."""

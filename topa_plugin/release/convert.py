@@ -20,8 +20,8 @@ import torch
 
 from topa_plugin.release.meta_llama import (
     ConversionError,
-    meta_device_llm,
     find_meta_files,
+    meta_device_llm,
     meta_llama_config,
     write_hf_base,
 )
@@ -123,10 +123,24 @@ def convert_official(
 ) -> Path:
     """Convert a TOPA release into a plugin directory loadable by ``TopaForCausalLM.from_pretrained(out)``.
 
-    Exactly one of ``llama_dir`` (Meta-format Llama: self-contained output with ``out/base``) or
-    ``base`` (Hugging Face id or path: only the TOPA parts). ``dtype`` applies to the converted
-    base weights (default: the shards' own dtype). Writes into ``out.partial`` and renames at the
-    end, so ``out`` is either complete or absent.
+    Writes into ``out.partial`` and renames at the end, so ``out`` is either complete or absent.
+
+    Args:
+        out: the plugin directory to create (absent or empty).
+        checkpoint: the release's ``checkpoint_N.pth`` (read through the restricted unpickler).
+        llama_dir: a Meta-format Llama directory; the output is self-contained (``out/base``).
+        base: instead of ``llama_dir``, a Hugging Face id or path the output refers to (only the
+            TOPA parts are written; the route for Llama-3-8B).
+        memory: the release's ``memory.pkl`` (or a memory ``.safetensors``) for zero-shot projection.
+        dtype: dtype of the converted base weights (default: the shards' own).
+        memory_rows: keep the first N memory rows (the release used 1M); None keeps all.
+        progress: show progress bars while converting shards.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ConversionError: inconsistent inputs; the message names the file and the field.
     """
     from transformers import AutoConfig, AutoTokenizer
 

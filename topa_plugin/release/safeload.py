@@ -38,8 +38,16 @@ class UnsafePickleError(pickle.UnpicklingError):
 def load_release_pickle(path: str | Path, *, mmap: bool = False):
     """Load a torch.save file or a plain pickle without executing foreign code.
 
-    `mmap=True` maps zip-format torch files instead of reading them (large weight shards).
-    Raises UnsafePickleError naming the file and the refused global.
+    Only tensors, numpy arrays, builtin containers and ``argparse.Namespace`` may be rebuilt, which
+    is all the release's checkpoints, memory and feature pickles hold.
+
+    Args:
+        path: a release ``checkpoint_N.pth``, ``memory.pkl``, ``features/{idx}.pkl`` or Meta shard.
+        mmap: map zip-format torch files instead of reading them (large weight shards).
+
+    Raises:
+        UnsafePickleError: the file asks for anything else; the message names the file and global.
+        pickle.UnpicklingError: the file is not a readable pickle (e.g. truncated).
     """
     path = Path(path)
     with open(path, "rb") as f:

@@ -296,7 +296,7 @@ class _OutputFiles:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.rejections = rejections_path(out)
-        self._lock = open(out, "ab")
+        self._lock = open(out, "ab")  # noqa: SIM115 (held for the whole run; closed by close())
         try:
             _lock_exclusive(self._lock, out)
             self.repairs = [a for a in (_fix_torn_tail(out), _fix_torn_tail(self.rejections)) if a]
@@ -312,7 +312,7 @@ class _OutputFiles:
             numbers = [n for n in numbers if isinstance(n, int)]
             # Requests in flight when a run died left no line; never reuse a number that did.
             self.next_request = max(self.count + len(logged), max(numbers, default=-1) + 1)
-            self._rejection_log = open(self.rejections, "a", encoding="utf-8")
+            self._rejection_log = open(self.rejections, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         except BaseException:
             self._lock.close()
             raise

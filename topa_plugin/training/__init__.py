@@ -1,0 +1,1 @@
+"""Stage 3, training: TOPA pre-alignment and finetuning through LLaVA's (or transformers') trainer."""

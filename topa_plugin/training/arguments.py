@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from topa_plugin.processing import QUESTION_MARK_RULES, TEXTVID_QUESTION_MARK
+from topa_plugin.configuration import TopaConfig
+from topa_plugin.processing import QUESTION_MARK_RULES
 from topa_plugin.training.deepspeed_config import DeepSpeedConfigError, check_deepspeed_config
 from topa_plugin.training.llava_compat import BACKENDS, default_backend
 from topa_plugin.training.samples import OVERLONG_POLICIES
@@ -26,10 +27,11 @@ TASKS = ("pretrain", "finetune")
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "Frozen LLM: Hugging Face id or directory."})
     init_from: str | None = field(default=None, metadata={"help": "TOPA plugin directory to start from (finetuning)."})
-    adapter_len: int = field(default=50, metadata={"help": "Adapter prompt vectors per layer."})
+    # The model's defaults are TopaConfig's, read from it rather than repeated.
+    adapter_len: int = field(default=TopaConfig.adapter_len, metadata={"help": "Adapter prompt vectors per layer."})
     adapter_layer: int | None = field(default=None, metadata={"help": "Top layers with adapter prompts (default: all)."})
-    max_feats: int = field(default=10, metadata={"help": "Video slots (frames) per sample."})
-    video_bias_init: float = field(default=-3.5, metadata={"help": "Initial video attention bias (gate2)."})
+    max_feats: int = field(default=TopaConfig.max_feats, metadata={"help": "Video slots (frames) per sample."})
+    video_bias_init: float = field(default=TopaConfig.video_bias_init, metadata={"help": "Initial video attention bias (gate2)."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM (0: no LoRA)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -38,22 +40,28 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str | None = field(default=None, metadata={"help": "TextVid .json/.jsonl (pretrain) or video-QA .csv/.jsonl/.json (finetune)."})
+    data_path: str | None = field(default=None, metadata={
+        "help": "TextVid .json/.jsonl (pretrain) or video-QA .csv/.jsonl/.json (finetune)."})
     feature_folder: str | None = field(default=None, metadata={"help": "Output folder of `topa features textvid|videos`."})
     task: str = field(default="pretrain", metadata={"help": "pretrain (TextVid task mix) or finetune (video QA).", "choices": TASKS})
-    max_seq_len: int = field(default=150, metadata={"help": "Prompt tokens kept per sample (the release truncates)."})
-    check_lengths: bool = field(default=True, metadata={"help": "Before training, encode every prompt a record can "
-                                "produce and report all whose answer --max_seq_len cuts off."})
-    overlong: str = field(default="error", metadata={"help": "Prompts whose answer --max_seq_len cuts off: error "
-                          "(list them all and stop) or skip (leave them out, logged).", "choices": OVERLONG_POLICIES})
-    answer_balance: bool = field(default=False, metadata={"help": "Shuffle multiple-choice options (release rule)."})
-    noise_variance: float = field(default=0.0, metadata={"help": "Noise injection variance for TextVid features."})
+    # None means the dataset's own default for the task (TextVidDataset / VideoQADataset), the one source.
+    max_seq_len: int | None = field(default=None, metadata={"help": "Prompt tokens kept per sample, as the release "
+                                    "truncates (default: 150 for pretrain, 128 for finetune)."})
+    check_lengths: bool | None = field(default=None, metadata={"help": "Before training, encode every prompt a record "
+                                       "can produce and report all whose answer --max_seq_len cuts off (default: on)."})
+    overlong: str | None = field(default=None, metadata={"help": "Prompts whose answer --max_seq_len cuts off: error "
+                                 "(list them all and stop; default) or skip (leave them out, logged).",
+                                 "choices": OVERLONG_POLICIES})
+    answer_balance: bool | None = field(default=None, metadata={"help": "Shuffle multiple-choice options, release rule "
+                                        "(default: on for pretrain, off for finetune)."})
+    noise_variance: float | None = field(default=None, metadata={"help": "Noise injection variance for TextVid "
+                                         "features (default 0: off, as released)."})
     layout: str = field(default="auto", metadata={"help": "Video-QA column layout: auto, nextqa, star, tvqa, generic."})
     feature_fps: float | None = field(default=None, metadata={"help": "Feature rows per second, to cut STAR/TVQA segments."})
-    question_mark: str = field(default=TEXTVID_QUESTION_MARK, metadata={
-        "help": "TextVid questions: always (release: append \"?\" unless the question ends in \"?\", so \"x.\" "
-                "becomes \"x.?\") or keep_period (no \"?\" after a final \".\", the evaluation rule).",
-        "choices": QUESTION_MARK_RULES})
+    question_mark: str | None = field(default=None, metadata={
+        "help": "TextVid questions: always (default, the release's training rule: append \"?\" unless the question "
+                "ends in \"?\", so \"x.\" becomes \"x.?\") or keep_period (no \"?\" after a final \".\", the "
+                "evaluation rule).", "choices": QUESTION_MARK_RULES})
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 
 from topa_plugin.processing import IGNORE_INDEX
 
+
 @dataclass
 class TopaCollator:
     """Right-pads each batch to its own longest sample; never to a fixed length.

@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from topa_plugin.processing import TEXTVID_QUESTION_MARK
 from topa_plugin.training.samples import (
     MULTIPLE_CHOICE,
     OPEN_ENDED,
@@ -65,7 +64,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
 
     def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, max_seq_len: int = 150,
                  answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0,
-                 check_lengths: bool = True, overlong: str = "error", question_mark: str = TEXTVID_QUESTION_MARK):
+                 check_lengths: bool = True, overlong: str = "error", question_mark: str = "always"):
         from topa_plugin.textvid.records import read_textvid
 
         self.data_path = str(data_path)

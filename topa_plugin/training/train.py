@@ -57,16 +57,19 @@ def build_processor(model_args: ModelArguments):
 
 
 def build_dataset(data_args: DataArguments, processor, seed: int = 0):
+    """The task's dataset; settings left unset (None) take the dataset's own default."""
     from topa_plugin.training.textvid_dataset import TextVidDataset
     from topa_plugin.training.videoqa_dataset import VideoQADataset
 
-    common = {"max_seq_len": data_args.max_seq_len, "answer_balance": data_args.answer_balance, "seed": seed,
+    common = {"max_seq_len": data_args.max_seq_len, "answer_balance": data_args.answer_balance,
               "check_lengths": data_args.check_lengths, "overlong": data_args.overlong}
     if data_args.task == "pretrain":
-        return TextVidDataset(data_args.data_path, data_args.feature_folder, processor,
-                              noise_variance=data_args.noise_variance, question_mark=data_args.question_mark, **common)
-    return VideoQADataset(data_args.data_path, data_args.feature_folder, processor, layout=data_args.layout,
-                          feature_fps=data_args.feature_fps, **common)
+        dataset = TextVidDataset
+        specific = {"noise_variance": data_args.noise_variance, "question_mark": data_args.question_mark}
+    else:
+        dataset, specific = VideoQADataset, {"layout": data_args.layout, "feature_fps": data_args.feature_fps}
+    chosen = {k: v for k, v in {**common, **specific}.items() if v is not None}
+    return dataset(data_args.data_path, data_args.feature_folder, processor, seed=seed, **chosen)
 
 
 def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: torch.dtype):

@@ -23,7 +23,7 @@ def has_lora(model) -> bool:
     return hasattr(model.llm, "peft_config")
 
 
-def decays(name: str, param: torch.nn.Parameter, decay_gates: bool = True) -> bool:
+def decays(name: str, param: torch.nn.Parameter, decay_gates: bool) -> bool:
     """The release's rule (timm's ``param_groups_weight_decay``): every parameter with 2 or more
     dimensions decays, the per-head gates gate1/gate2 ([layers, heads]) included; biases and 1-D
     parameters do not. ``decay_gates=False`` exempts the gates too."""

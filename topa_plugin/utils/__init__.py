@@ -1,0 +1,1 @@
+"""Helpers shared across stages: the plugin-directory format, adapter save/load, hashing, row files."""
