@@ -90,8 +90,8 @@ def time_steps(model, batches, device: str, warmup: int) -> list[float]:
     from topa_plugin.training.trainer import decays
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p)], "weight_decay": 0.1},
-                                   {"params": [p for n, p in params if not decays(n, p)], "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW([{"params": [p for n, p in params if decays(n, p, decay_gates=True)], "weight_decay": 0.1},
+                                   {"params": [p for n, p in params if not decays(n, p, decay_gates=True)], "weight_decay": 0.0}],
                                   lr=1e-4, betas=(0.9, 0.95))
     times = []
     for i, batch in enumerate(batches):

@@ -57,6 +57,30 @@ def test_normalize_question_release_rule(raw, expected):
     assert TopaProcessor.normalize_question(raw) == expected
 
 
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("describe the task.", "Describe the task.?"),  # the release's TextVid rule: only "?" ends a question
+        ("what did HE do", "What did he do?"),
+        ("Why?", "Why?"),
+    ],
+)
+def test_normalize_question_textvid_training_rule(raw, expected):
+    assert TopaProcessor.normalize_question(raw, "always") == expected
+    assert TopaProcessor.normalize_question(raw) == (raw.capitalize() if raw.endswith(".") else expected)
+
+
+def test_question_mark_rule_reaches_the_prompts(processor):
+    always = processor.encode_open_ended("describe the task.", "cut", question_mark="always")
+    kept = processor.encode_open_ended("describe the task.", "cut")
+    assert processor.decode(always.input_ids).count("task.?") == 1 and "task.?" not in processor.decode(kept.input_ids)
+    options = ["a", "b"]
+    prompt = processor.encode_multiple_choice("describe the task.", options, 1, question_mark="always")
+    assert "Describe the task.?\nChoices" in processor.decode(prompt.input_ids)
+    with pytest.raises(ValueError, match="question_mark='sometimes'"):
+        processor.encode_multiple_choice("x", options, 0, question_mark="sometimes")
+
+
 def test_normalize_question_rejects_empty():
     with pytest.raises(ValueError, match="empty question"):
         TopaProcessor.normalize_question("   ")

@@ -202,12 +202,15 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         labels: torch.LongTensor | None = None,
         past_key_values=None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
+        position_ids: torch.LongTensor | None = None,
     ) -> CausalLMOutputWithPast:
         """Logits (and, with ``labels``, mean shifted CE over labels != -100).
 
         Padded batches must be right-padded (every row starts at position 0), as the video span
         and the video bias are placed by absolute position. ``use_cache=None`` means no cache.
+        ``position_ids`` [B, L]: each row's own positions for tokens appended to a cache of
+        right-padded prompts (``generation``); the video span stays where the prompts put it.
         """
         embeds = self.llm.get_input_embeddings()(input_ids)
         past_len = 0 if past_key_values is None else _cached_length(past_key_values)
@@ -217,6 +220,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         out = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             cache=past_key_values,
             use_cache=bool(use_cache),
             logits_to_keep=logits_to_keep,

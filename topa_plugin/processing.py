@@ -38,6 +38,10 @@ MC_ANSWER_MARKER = "Answer: The correct"
 OPEN_ENDED_ANSWER_MARKER = "Answer"
 SUMMARY_ANSWER_MARKER = "\nDescription"
 
+# When "?" is appended to a question: "keep_period" unless it ends in "?" or "." (the release's evaluation
+# prompts), "always" unless it ends in "?" (its TextVid training prompts: "... the task." -> "... the task.?").
+QUESTION_MARK_RULES = ("keep_period", "always")
+
 
 @dataclass
 class TopaPrompt:
@@ -89,12 +93,18 @@ class TopaProcessor:
         return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     @staticmethod
-    def normalize_question(question: str) -> str:
-        """The release's rule: ``capitalize().strip()``, then "?" unless it ends in "?" or "."."""
+    def normalize_question(question: str, question_mark: str = "keep_period") -> str:
+        """The release's rule: ``capitalize().strip()``, then "?" appended per ``question_mark``.
+
+        ``keep_period`` (evaluation): unless it ends in "?" or "."; ``always`` (TextVid training):
+        unless it ends in "?".
+        """
+        if question_mark not in QUESTION_MARK_RULES:
+            raise ValueError(f"question_mark={question_mark!r}: expected one of {', '.join(QUESTION_MARK_RULES)}")
         text = question.capitalize().strip()
         if not text:
             raise ValueError(f"empty question: {question!r}")
-        if text[-1] not in "?.":
+        if text[-1] not in ("?." if question_mark == "keep_period" else "?"):
             text += "?"
         return text
 
@@ -117,12 +127,14 @@ class TopaProcessor:
         labels = [IGNORE_INDEX] * first + input_ids[first:]
         return TopaPrompt(input_ids, labels, video_start)
 
-    def encode_multiple_choice(self, question: str, options: list[str], answer: int | None) -> TopaPrompt:
+    def encode_multiple_choice(self, question: str, options: list[str], answer: int | None,
+                               question_mark: str = "keep_period") -> TopaPrompt:
         """Multiple-choice prompt; ``answer=None`` stops after "The correct choice is" (no </s>, no labels)."""
         if not options:
             raise ValueError("multiple-choice prompt needs at least one option")
         lines = "".join(f"{choice_letter(i)} {option}\n" for i, option in enumerate(options))
-        rest = f"Question: {self.normalize_question(question)}\nChoices: \n{lines}Answer: The correct choice is"
+        question = self.normalize_question(question, question_mark)
+        rest = f"Question: {question}\nChoices: \n{lines}Answer: The correct choice is"
         if answer is None:
             return self._build(MC_INSTRUCTION, rest, None, close=False)
         if not 0 <= answer < len(options):
@@ -136,9 +148,9 @@ class TopaProcessor:
             return self._build(SUMMARY_INSTRUCTION, "\nDescription:", None, close=False)
         return self._build(SUMMARY_INSTRUCTION, f"\nDescription: {caption}\n", len(SUMMARY_ANSWER_MARKER), close=True)
 
-    def encode_open_ended(self, question: str, answer: str | None = None) -> TopaPrompt:
+    def encode_open_ended(self, question: str, answer: str | None = None, question_mark: str = "keep_period") -> TopaPrompt:
         """Open-ended QA prompt; ``answer=None`` gives the generation prompt ending in "Answer:"."""
-        prefix = f"Question: {self.normalize_question(question)}\n"
+        prefix = f"Question: {self.normalize_question(question, question_mark)}\n"
         if answer is None:
             return self._build(OPEN_ENDED_INSTRUCTION, prefix + "Answer:", None, close=False)
         marker = len(prefix) + len(OPEN_ENDED_ANSWER_MARKER)

@@ -81,3 +81,13 @@ def test_bad_config_and_missing_weights_are_named(toy_clip, tmp_path):
         load_clip(str(bad), str(toy_clip[1]))
     with pytest.raises(ClipLoadError, match="nowhere.safetensors"):
         load_clip(str(toy_clip[0]), str(tmp_path / "nowhere.safetensors"))
+
+
+def test_identity_and_width_are_known_without_loading(toy_clip, encoder):
+    """What a cached evaluation run needs of CLIP, read from the files alone."""
+    from topa_plugin.features.clip import configured_embed_dim, encoder_identity
+
+    config, weights = toy_clip
+    assert encoder_identity(str(config), str(weights)) == encoder.identity
+    assert configured_embed_dim(str(config)) == encoder.embed_dim
+    assert configured_embed_dim("ViT-L-14") == 768 and configured_embed_dim("no-such-model") is None

@@ -230,27 +230,27 @@ def test_video_lists(videos, encoder, tmp_path):
 
 def test_video_features_decode_a_bounded_window(videos, encoder, monkeypatch):
     """A shard's videos are decoded a few at a time, not all before encoding (memory), and the
-    result equals encoding every frame in one call, whatever the number of decoding threads."""
-    from topa_plugin.features import video
+    result equals encoding every frame in one call, whatever the number of decoding processes."""
+    from topa_plugin.features import decode_pool
 
     paths = [videos / f"{stem}.mp4" for stem in ("long", "mid", "short")]
     decoded_frames = []
     held = []
-    real_read, real_encode = video.read_frames, encoder.encode_images
+    real_decode, real_encode = decode_pool.decode_frames, encoder.encode_images
 
-    def read(path, n):
+    def decode(path, n, threads=0):
         decoded_frames.append(path)
-        return real_read(path, n)
+        return real_decode(path, n, threads)
 
     def encode(images, batch_size):
         held.append(len(decoded_frames))
         return real_encode(images, batch_size=batch_size)
 
-    monkeypatch.setattr(video, "read_frames", read)
+    monkeypatch.setattr(decode_pool, "decode_frames", decode)
     monkeypatch.setattr(encoder, "encode_images", encode)
-    got = video_features(encoder, paths, 8, batch_size=4, workers=1)
+    got = video_features(encoder, paths, 8, batch_size=4, workers=0)
     assert held[0] <= 2  # the first batch is encoded while at most one more video is decoded
-    frames = np.concatenate([real_read(p, 8) for p in paths])
+    frames = np.concatenate([read_frames(p, 8) for p in paths])
     whole = l2_normalize(real_encode(frames, batch_size=4)).split([8, 8, 5])
     for (stem, tensor), expected in zip(got.items(), whole):
         assert torch.equal(tensor, expected), stem

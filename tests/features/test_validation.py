@@ -16,7 +16,13 @@ from tests.helpers.lmms_fixtures import FEATURE_DIM, build_topa_checkpoint
 from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.features.store import FeatureError, FeatureStore
 from topa_plugin.features.validation import FeatureValueError, check_frame_features
-from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource, cache_key, load_feature_array
+from topa_plugin.lmms.feature_source import (
+    FeatureFileError,
+    VideoFeatureSource,
+    VideoSourceError,
+    cache_key,
+    load_feature_array,
+)
 from topa_plugin.utils.constants import MEMORY_FILE
 
 
@@ -60,7 +66,7 @@ def test_feature_cache_entry_with_inf_is_refused_naming_the_entry(tmp_path):
     bad = frames()
     bad[0, 0] = float("inf")
     save_file({"features": bad}, str(entry))
-    with pytest.raises(FeatureFileError, match=rf"{entry.name} \(feature cache entry; delete it\): frame\(s\) \[0\]"):
+    with pytest.raises(VideoSourceError, match=rf"{entry.name} \(feature cache entry; delete it\): frame\(s\) \[0\]"):
         source.get(video)
 
 

@@ -14,7 +14,7 @@ import pytest
 import transformers
 
 from topa_plugin.training import llava_compat
-from topa_plugin.training.arguments import parse_arguments
+from topa_plugin.training.arguments import check_world_size, parse_arguments
 from topa_plugin.training.trainer import decays
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -57,7 +57,7 @@ def test_every_release_setting_has_a_script():
 def test_launch_script_parses_with_the_release_hyperparameters(name):
     script = CONFIGS / f"{name}.sh"
     text = script.read_text()
-    gpus = int(re.search(r"^NUM_GPUS=(\d+)$", text, re.MULTILINE).group(1))
+    gpus = int(re.search(r"^NUM_GPUS=\$\{NUM_GPUS:-(\d+)\}$", text, re.MULTILINE).group(1))
     stated = int(re.search(r"^EFFECTIVE_BATCH=(\d+)$", text, re.MULTILINE).group(1))
     argv = script_argv(script)
     # DeepSpeed is not installed here: check its config file, parse the rest.
@@ -163,17 +163,46 @@ def test_topa_train_help_lists_llava_and_topa_flags(capsys):
         assert flag in out
 
 
-@pytest.mark.parametrize("name, decayed", [
-    ("adapter.visual_proj.weight", True), ("adapter.temporal_emb.weight", True),
-    ("adapter.adapter_query.weight", True), ("adapter.gate1", False), ("adapter.gate2", False),
-    ("llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", True),
-    ("some.proj.bias", False), ("some.norm.weight", False),
+@pytest.mark.parametrize("name, decayed, without_gates", [
+    ("adapter.visual_proj.weight", True, True), ("adapter.temporal_emb.weight", True, True),
+    ("adapter.adapter_query.weight", True, True), ("adapter.gate1", True, False), ("adapter.gate2", True, False),
+    ("llm.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", True, True),
+    ("some.proj.bias", False, False), ("some.norm.weight", False, False),
 ])
-def test_weight_decay_rule(name, decayed):
+def test_weight_decay_rule(name, decayed, without_gates):
+    """The release (timm's param_groups_weight_decay) decays every parameter with 2 or more dimensions
+    except biases: the [layers, heads] gates included. --decay_gates False exempts the gates."""
     import torch
 
     shape = (4,) if name.endswith(("bias", "norm.weight")) else (2, 4)
-    assert decays(name, torch.nn.Parameter(torch.zeros(shape))) is decayed
+    assert decays(name, torch.nn.Parameter(torch.zeros(shape)), decay_gates=True) is decayed
+    assert decays(name, torch.nn.Parameter(torch.zeros(shape)), decay_gates=False) is without_gates
+
+
+def test_use_cpu_defaults_to_true_on_a_host_without_accelerators(monkeypatch):
+    """Else accelerate sees one process per rank: torchrun ranks would train as independent copies."""
+    import torch
+
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    _, _, args = parse_arguments(REQUIRED[:-2])
+    assert args.use_cpu is True
+
+
+def test_a_launch_the_trainer_does_not_see_whole_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match=r"started 2 processes \(WORLD_SIZE\) but the trainer sees 1: .* --use_cpu True"):
+        check_world_size(SimpleNamespace(world_size=1))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_world_size(SimpleNamespace(world_size=1))
+
+
+def test_release_objective_is_the_default_and_flags_select_the_alternative():
+    _, data_args, args = parse_arguments(REQUIRED)
+    assert data_args.question_mark is None and args.decay_gates is True  # None: TextVidDataset's default, "always"
+    _, data_args, args = parse_arguments(REQUIRED + ["--question_mark", "keep_period", "--decay_gates", "False"])
+    assert data_args.question_mark == "keep_period" and args.decay_gates is False
 
 
 # ---------------------------------------------------------------- trainer backend choice

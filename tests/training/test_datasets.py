@@ -159,6 +159,26 @@ def test_textvid_answer_balancing_moves_the_correct_letter(processor, records, t
     assert len(letters[True]) >= 3
 
 
+def test_textvid_questions_follow_the_release_question_mark_rule(processor, records, textvid_store):
+    """The release appends "?" to every TextVid question that does not end in "?" ("... the task." becomes
+    "... the task.?") in its multiple-choice and open-ended prompts; --question_mark keep_period keeps the "."."""
+    record, qa = next((r, q) for r in records for q in r.qas if q.answer_open_ended and "both" not in
+                      q.answer_text.lower() and "all" not in q.answer_text.lower())
+    one_qa = dataclasses.replace(record, qas=[dataclasses.replace(qa, question="describe the task.")])
+    seen = collections.Counter()
+    for rule, extra in (("always", {}), ("keep_period", {"question_mark": "keep_period"})):
+        ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, seed=0, **extra)
+        ds.records = [one_qa] * 40
+        for i in range(40):
+            for sample in (ds[i], ds[i]["caption"]):
+                text = processor.decode(sample["input_ids"].tolist())
+                if "Question:" in text:
+                    seen[rule, "Predict the answer" in text] += 1
+                    assert ("Describe the task.?\n" in text) is (rule == "always"), text
+                    assert "Describe the task.\n" in text or rule == "always"
+    assert set(seen) == {(rule, open_ended) for rule in ("always", "keep_period") for open_ended in (True, False)}
+
+
 def test_visits_are_reproducible_and_change_with_the_epoch(processor, textvid_store):
     ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, noise_variance=0.01, seed=3)
 

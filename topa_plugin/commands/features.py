@@ -83,7 +83,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("videos", help="CLIP image features of uniformly sampled video frames")
     p.add_argument("--videos", required=True, help="directory of videos or a text file listing one per line")
     p.add_argument("--frames", type=positive_int, default=10, help="frames sampled per video")
-    p.add_argument("--workers", type=positive_int, default=4, help="decoding threads")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: min(8, cores); 0 decodes in the main process)")
     _add_common(p, shard_size=256)
     _add_encoder(p, batch_size=64)
     p.set_defaults(func=run_videos)

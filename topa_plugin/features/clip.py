@@ -112,6 +112,45 @@ class ClipEncoder:
         return out
 
 
+def encoder_identity(model: str, pretrained: str | None) -> str:
+    """The ``identity`` that ``load_clip(model, pretrained)`` gives, without loading anything
+    (feature caches are looked up before CLIP is needed, if it is needed at all)."""
+    model_path = Path(model)
+    local_config = model.endswith(".json") or model_path.is_file()
+    if local_config:
+        if not model_path.is_file():
+            raise ClipLoadError(f"open_clip config not found: {model}")
+        model_id = f"config:{hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]}"
+    else:
+        model_id = model
+    if pretrained is None:
+        weights_id = "random"
+    elif Path(pretrained).is_file():
+        weights_id = f"file:{file_sha256(pretrained)[:16]}"
+    elif Path(pretrained).suffix in {".pt", ".bin", ".safetensors", ".pth"}:
+        raise ClipLoadError(f"CLIP weights file not found: {pretrained}")
+    elif local_config:
+        raise ClipLoadError(f"{model}: a model-config JSON has no pretrained tag {pretrained!r} (tags belong to "
+                            "built-in open_clip models); give its weights file with --clip-pretrained")
+    else:
+        weights_id = pretrained
+    return f"{model_id}|{weights_id}"
+
+
+def configured_embed_dim(model: str) -> int | None:
+    """The feature width a model's open_clip config declares, read without building the model
+    (None for a name open_clip does not know; loading it will say so)."""
+    import open_clip
+
+    if model.endswith(".json") or Path(model).is_file():
+        data = json.loads(Path(model).read_bytes())
+        config = data.get("model_cfg", data) if isinstance(data, dict) else {}
+    else:
+        config = open_clip.get_model_config(model) or {}
+    dim = config.get("embed_dim") if isinstance(config, dict) else None
+    return int(dim) if dim is not None else None
+
+
 def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
               device: str | torch.device = "cpu", precision: str | None = None) -> ClipEncoder:
     """Load an open_clip encoder.
@@ -125,16 +164,11 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
     if precision not in CLIP_PRECISIONS:
         raise ClipLoadError(f"--precision {precision!r}: open_clip precisions are {', '.join(CLIP_PRECISIONS)}")
+    identity = encoder_identity(model, pretrained)
     extra: dict = {}
-    model_path = Path(model)
-    if model.endswith(".json") or model_path.is_file():
-        if not model_path.is_file():
-            raise ClipLoadError(f"open_clip config not found: {model}")
-        name, extra, digest = _register_config(model_path)
-        model_id = f"config:{digest[:16]}"
-    else:
-        name, model_id = model, model
-    weights_id = _weights_id(pretrained, model, local_config="config:" in model_id)
+    name = model
+    if model.endswith(".json") or Path(model).is_file():
+        name, extra, _ = _register_config(Path(model))
     try:
         clip_model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, precision=precision, device=device, **extra)
@@ -143,21 +177,7 @@ def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     clip_model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     embed_dim = _embed_dim(clip_model, tokenizer, device)
-    return ClipEncoder(clip_model, tokenizer, preprocess, device, embed_dim, f"{model_id}|{weights_id}")
-
-
-def _weights_id(pretrained: str | None, model: str, local_config: bool) -> str:
-    """The weights part of the encoder identity; a missing file or a tag a local config cannot have fails."""
-    if pretrained is None:
-        return "random"
-    if Path(pretrained).is_file():
-        return f"file:{file_sha256(pretrained)[:16]}"
-    if Path(pretrained).suffix in {".pt", ".bin", ".safetensors", ".pth"}:
-        raise ClipLoadError(f"CLIP weights file not found: {pretrained}")
-    if local_config:
-        raise ClipLoadError(f"{model}: a model-config JSON has no pretrained tag {pretrained!r} (tags belong to "
-                            "built-in open_clip models); give its weights file with --clip-pretrained")
-    return pretrained
+    return ClipEncoder(clip_model, tokenizer, preprocess, device, embed_dim, identity)
 
 
 @torch.inference_mode()

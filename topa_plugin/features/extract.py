@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,16 +104,17 @@ def video_keys(paths: Sequence[Path]) -> list[str]:
 
 
 def video_features(encoder, paths: Sequence[Path], num_frames: int, batch_size: int = 64,
-                   workers: int = 4) -> dict[str, torch.Tensor]:
+                   workers: int | None = None) -> dict[str, torch.Tensor]:
     """Normalised CLIP image features [n_frames, D] per video stem.
 
-    Videos are decoded at most ``workers`` ahead (in threads) and their frames encoded as full
-    batches fill up, so memory holds a few decoded videos, not a whole shard of full-resolution
-    frames (256 HD videos x 10 frames is tens of GB). The batches are the ones encoding all
-    frames at once would use, so the features do not depend on ``workers``."""
+    ``workers`` processes (``DecodePool``; default min(8, cores), 0: in this process) decode a
+    few videos ahead with the exact seeking reader while frames are encoded as full batches fill
+    up, so memory holds a few decoded videos, not a whole shard of full-resolution frames (256 HD
+    videos x 10 frames is tens of GB). The batches are the ones encoding all frames at once would
+    use, so the features do not depend on ``workers``."""
     from PIL import Image
 
-    from topa_plugin.features.video import read_frames
+    from topa_plugin.features.decode_pool import DecodePool, VideoJob
 
     lengths: list[int] = []
     pending: list = []
@@ -127,29 +126,18 @@ def video_features(encoder, paths: Sequence[Path], num_frames: int, batch_size: 
             batch, pending = pending[:batch_size], pending[batch_size:]
             encoded.append(encoder.encode_images(batch, batch_size=batch_size))
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for clip in _decoded_ahead(pool, lambda p: read_frames(p, num_frames), paths, max(1, workers)):
-            lengths.append(len(clip))
-            pending.extend(Image.fromarray(frame) for frame in clip)
+    with DecodePool(workers) as pool:
+        for result in pool.imap((VideoJob(str(p), num_frames) for p in paths), ahead=pool.workers + 1):
+            lengths.append(len(result.frames))
+            pending.extend(Image.fromarray(frame) for frame in result.frames)
             encode(final=False)
     encode(final=True)
     embeddings = l2_normalize(torch.cat(encoded)) if encoded else torch.empty(0, encoder.embed_dim)
     return dict(zip((p.stem for p in paths), embeddings.split(lengths)))
 
 
-def _decoded_ahead(pool, decode: Callable, items: Sequence, ahead: int):
-    """``decode(item)`` for each item in order, with at most ``ahead`` decodes running or waiting."""
-    futures: deque = deque()
-    for item in items:
-        futures.append(pool.submit(decode, item))
-        if len(futures) > ahead:
-            yield futures.popleft().result()
-    while futures:
-        yield futures.popleft().result()
-
-
 def extract_videos(videos: str | Path, out_dir: str | Path, encoder, num_frames: int, batch_size: int = 64,
-                   shard_size: int = 256, dtype: str = "float16", workers: int = 4) -> Path:
+                   shard_size: int = 256, dtype: str = "float16", workers: int | None = None) -> Path:
     """CLIP image features of uniformly sampled frames of real videos into a feature store."""
     paths = list_videos(videos)
     keys = video_keys(paths)

@@ -4,8 +4,6 @@ wrong answer (every option NaN, option A "wins")."""
 
 from __future__ import annotations
 
-import torch
-
 _SHOWN = 10
 
 
@@ -13,15 +11,17 @@ class FeatureValueError(ValueError):
     """Frame features holding NaN/Inf or zero vectors; the message names where they came from."""
 
 
-def _rows(mask: torch.Tensor) -> str:
+def _rows(mask) -> str:
     rows = mask.nonzero().flatten().tolist()
     return f"{rows[:_SHOWN]}" + (f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else "")
 
 
-def check_frame_features(features: torch.Tensor, source: str,
-                         error: type[ValueError] = FeatureValueError) -> torch.Tensor:
-    """Return ``features`` [T, D] unchanged if every frame is finite with a non-zero norm; else raise ``error``
-    (the caller's own input-error type) naming ``source`` and the frames."""
+def check_frame_features(features, source: str, error: type[ValueError] = FeatureValueError):
+    """Return the tensor ``features`` [T, D] unchanged if every frame is finite with a non-zero norm; else raise
+    ``error`` (the caller's own input-error type) naming ``source`` and the frames. Imports torch only here, so
+    modules that run in decode workers can import this one."""
+    import torch
+
     rows = features.detach()
     rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim >= 2 else rows.reshape(1, -1)
     bad = ~torch.isfinite(rows).all(dim=1)

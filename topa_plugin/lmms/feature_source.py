@@ -4,6 +4,8 @@ Decoding and CLIP-encoding a long video costs far more than scoring its question
 videos are evaluated again and again (both EgoSchema variants, reruns, other checkpoints), so
 encoded frames are cached on disk under a key made of the video's content hash, the encoder
 identity and the sampling -- never the path, so renamed or replaced files cannot go stale.
+Videos are hashed and decoded ahead of use by a ``DecodePool``; its workers check this cache
+themselves, so this module imports torch only inside functions.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import functools
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from topa_plugin.features.validation import check_frame_features
 from topa_plugin.utils.atomic import atomic_write
 from topa_plugin.utils.hashing import file_sha256
 from topa_plugin.utils.ids import id_problem
 
-CACHE_FORMAT = "topa-video-features-v1"  # bump when decoding or sampling changes meaning
+# Bump when decoding or sampling changes meaning. v2: frames of the exact seeking reader (the
+# full decode's), not lmms-eval's metadata-counted ones; the decode backend is part of the key.
+CACHE_FORMAT = "topa-video-features-v2"
 
 
 class FeatureFileError(ValueError):
@@ -45,12 +49,29 @@ def _digest(path: str, *_stat) -> str:
 
 
 def cache_key(video_path: str | Path, encoder_identity: str, num_frames: int) -> str:
-    parts = [CACHE_FORMAT, content_digest(video_path), encoder_identity, f"uniform:{num_frames}"]
+    return key_for_digest(content_digest(video_path), encoder_identity, num_frames)
+
+
+def key_for_digest(digest: str, encoder_identity: str, num_frames: int) -> str:
+    from topa_plugin.features.video import decoder_name
+
+    parts = [CACHE_FORMAT, digest, encoder_identity, f"uniform:{num_frames}", f"decoder:{decoder_name()}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def load_feature_array(path: Path, dim: int) -> torch.Tensor:
-    """A [T, dim] float array from a .npy file (the TOPA release's format; never unpickled)."""
+def entry_path(cache_dir: Path, encoder_identity: str, num_frames: int, digest: str) -> Path:
+    return cache_dir / f"{key_for_digest(digest, encoder_identity, num_frames)}.safetensors"
+
+
+def entry_exists(cache_dir: Path, encoder_identity: str, num_frames: int, digest: str) -> bool:
+    """Run by decode workers: is this content already encoded (then nothing is decoded)?"""
+    return entry_path(cache_dir, encoder_identity, num_frames, digest).is_file()
+
+
+def load_feature_array(path: Path, dim: int):
+    """A [T, dim] float tensor from a .npy file (the TOPA release's format; never unpickled)."""
+    import torch
+
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -60,20 +81,34 @@ def load_feature_array(path: Path, dim: int) -> torch.Tensor:
     return check_frame_features(torch.from_numpy(np.asarray(array, dtype=np.float32)), str(path), FeatureFileError)
 
 
+class VideoSourceError(RuntimeError):
+    """A video whose features cannot be had; ``path`` names it (the caller adds which request)."""
+
+    def __init__(self, path: Path, message: str):
+        super().__init__(message)
+        self.path = path
+
+
 class VideoFeatureSource:
     """Frame features [T, D] per video, from the cheapest place that has them.
 
     ``precomputed(video_id)``: ``feature_dir`` holding ``<video id>.npy`` files (as in the
-    release) or a ``topa features videos`` store. ``get(video_path)``: the disk cache, else
-    decode ``num_frames`` uniform frames and CLIP-encode them (``topa_plugin.features``), then
-    cache. ``counts`` records where features came from.
+    release) or a ``topa features videos`` store. ``stream(paths)``: per path, the disk cache,
+    else ``num_frames`` uniform frames decoded ahead by ``decode_workers`` processes and
+    CLIP-encoded several videos per batch, then cached. ``encoder`` is a ClipEncoder or a
+    loader called on the first video to encode (with ``identity``/``dim`` given, a run that
+    finds everything cached never loads CLIP). ``counts`` records where features came from.
     """
 
     def __init__(self, encoder, num_frames: int, cache_dir: str | Path | None = None,
-                 feature_dir: str | Path | None = None, batch_size: int = 64):
-        self.encoder = encoder
+                 feature_dir: str | Path | None = None, batch_size: int = 64, decode_workers: int | None = None,
+                 identity: str | None = None, dim: int | None = None):
+        self._encoder, self._load = (None, encoder) if callable(encoder) else (encoder, None)
+        self.identity = identity if identity is not None else encoder.identity
+        self.dim = int(dim if dim is not None else encoder.embed_dim)
         self.num_frames = int(num_frames)
         self.batch_size = int(batch_size)
+        self.decode_workers = decode_workers
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.feature_dir = Path(feature_dir) if feature_dir else None
         self.counts: Counter = Counter()
@@ -86,18 +121,25 @@ class VideoFeatureSource:
             if (self.feature_dir / "index.json").is_file():
                 self._store = self._open_store(self.feature_dir)
 
+    @property
+    def encoder(self):
+        """The CLIP encoder, loaded on first use."""
+        if self._encoder is None:
+            self._encoder = self._load()
+        return self._encoder
+
     def _open_store(self, directory: Path):
         from topa_plugin.features.store import FeatureStore
 
         store = FeatureStore(directory)
-        if store.dim != self.encoder.embed_dim or store.encoder != self.encoder.identity:
+        if store.dim != self.dim or store.encoder != self.identity:
             raise FeatureFileError(
                 f"{directory / 'index.json'}: features of encoder {store.encoder!r} (dim {store.dim}), "
-                f"but the CLIP model loaded is {self.encoder.identity!r} (dim {self.encoder.embed_dim})"
+                f"but the CLIP model configured is {self.identity!r} (dim {self.dim})"
             )
         return store
 
-    def precomputed(self, video_id: str) -> torch.Tensor | None:
+    def precomputed(self, video_id: str):
         """Features from ``feature_dir`` for this id, or None when it has none."""
         if self.feature_dir is None:
             return None
@@ -112,9 +154,9 @@ class VideoFeatureSource:
         if not path.is_file():
             return None
         self.counts["precomputed"] += 1
-        return load_feature_array(path, self.encoder.embed_dim)
+        return load_feature_array(path, self.dim)
 
-    def _store_features(self, video_id: str) -> torch.Tensor:
+    def _store_features(self, video_id: str):
         from topa_plugin.features.store import FeatureError
 
         try:
@@ -122,33 +164,78 @@ class VideoFeatureSource:
         except FeatureError as exc:
             raise FeatureFileError(str(exc)) from exc
 
-    def get(self, video_path: str | Path) -> torch.Tensor:
-        """Cached features of this file's content, else decode + encode (and cache)."""
-        from topa_plugin.features.video import VideoDecodeError
+    def get(self, video_path: str | Path):
+        """One video's features (cached, else decoded and encoded, then cached)."""
+        stream = self.stream([Path(video_path)])
+        try:
+            return next(stream)
+        finally:
+            stream.close()
 
-        video_path = Path(video_path)
-        if not video_path.is_file():
-            raise VideoDecodeError(f"{video_path}: video file not found")
-        entry = None
+    def stream(self, videos: Sequence[Path], group: int = 1) -> Iterator:
+        """Features per path, in order. Decoding runs ahead in worker processes; decoded videos
+        are encoded ``group`` at a time. Videos decoding or decoded but not yet encoded number at
+        most ``decode_workers + group``. Raises VideoSourceError naming the failing file."""
+        from topa_plugin.features.decode_pool import DecodePool, VideoJob
+
+        videos = [Path(v) for v in videos]
+        skip = None
         if self.cache_dir is not None:
-            entry = self.cache_dir / f"{cache_key(video_path, self.encoder.identity, self.num_frames)}.safetensors"
-            if entry.is_file():
+            skip = functools.partial(entry_exists, self.cache_dir, self.identity, self.num_frames)
+        jobs = (VideoJob(str(p), self.num_frames, digest=True, skip=skip) for p in dict.fromkeys(videos))
+        done: dict = {}
+        held: list = []  # decoded results taken from the pool, waiting for their group's encode
+        group = max(1, group)
+        with DecodePool(self.decode_workers) as pool:
+            results = pool.imap(jobs, ahead=lambda: pool.workers + group - len(held))
+            given: set = set()
+            for path in videos:
+                if path not in done:
+                    self._fill(done, results, group, held)
+                elif path in given:  # the same video again in this call (a group fills ahead)
+                    self.counts["reused"] += 1
+                given.add(path)
+                yield done[path]
+
+    def _fill(self, done: dict, results: Iterator, group: int, held: list) -> None:
+        """Take the next ``group`` results: read cache hits, encode the decoded ones in one call."""
+        from topa_plugin.features.decode_pool import VideoJobError
+
+        for _ in range(group):
+            try:
+                result = next(results, None)
+            except VideoJobError as exc:
+                raise VideoSourceError(Path(exc.path), str(exc)) from exc
+            if result is None:
+                break
+            path = Path(result.path)
+            if result.frames is None:
+                entry = entry_path(self.cache_dir, self.identity, self.num_frames, result.digest)
+                try:
+                    done[path] = self._read_entry(entry)
+                except FeatureFileError as exc:
+                    raise VideoSourceError(path, str(exc)) from exc
                 self.counts["cached"] += 1
-                return self._read_entry(entry)
-        features = self.encode(video_path)
-        if entry is not None:
-            _write_entry(entry, features)
-        return features
+            else:
+                held.append(result)
+        if held:
+            features = self._encode([r.frames for r in held])
+            for result, value in zip(held, features):
+                value = _checked(Path(result.path), value)  # NaN/Inf never reaches the cache
+                if self.cache_dir is not None:
+                    _write_entry(entry_path(self.cache_dir, self.identity, self.num_frames, result.digest), value)
+                done[Path(result.path)] = value
+                self.counts["decoded"] += 1
+            held.clear()
 
-    def encode(self, video_path: Path) -> torch.Tensor:
-        """Decode and CLIP-encode one video, bypassing every cache."""
-        from topa_plugin.features.extract import video_features
+    def _encode(self, clips: list[np.ndarray]) -> list:
+        """Normalised CLIP features per clip, all clips' frames in shared batches."""
+        from topa_plugin.features.transforms import l2_normalize
 
-        features = video_features(self.encoder, [video_path], self.num_frames, self.batch_size, workers=1)
-        self.counts["decoded"] += 1
-        return check_frame_features(features[video_path.stem], f"{video_path}: CLIP features", FeatureFileError)
+        raw = self.encoder.encode_images(np.concatenate(clips), batch_size=self.batch_size)
+        return list(l2_normalize(raw).split([len(c) for c in clips]))
 
-    def _read_entry(self, path: Path) -> torch.Tensor:
+    def _read_entry(self, path: Path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -156,14 +243,22 @@ class VideoFeatureSource:
             features = load_file(str(path))["features"]
         except (SafetensorError, OSError, KeyError) as exc:
             raise FeatureFileError(f"{path}: unreadable feature cache entry; delete it ({exc})") from exc
-        if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] != self.encoder.embed_dim:
+        if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] != self.dim:
             raise FeatureFileError(
-                f"{path}: cached features have shape {list(features.shape)}, expected [T, {self.encoder.embed_dim}]; delete it"
+                f"{path}: cached features have shape {list(features.shape)}, expected [T, {self.dim}]; delete it"
             )
         return check_frame_features(features, f"{path} (feature cache entry; delete it)", FeatureFileError)
 
 
-def _write_entry(path: Path, features: torch.Tensor) -> None:
+def _checked(path: Path, features):
+    """A video's fresh CLIP features, refused naming the video if a frame is NaN/Inf or zero."""
+    try:
+        return check_frame_features(features, f"{path}: CLIP features", FeatureFileError)
+    except FeatureFileError as exc:
+        raise VideoSourceError(path, str(exc)) from exc
+
+
+def _write_entry(path: Path, features) -> None:
     """Write then rename, so a crashed or concurrent run never leaves a half-written entry."""
     from safetensors.torch import save_file
 

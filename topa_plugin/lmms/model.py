@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from topa_plugin.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from topa_plugin.lmms.choices import AmbiguousOptionsError, parse_options, question_text
-from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource
+from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource, VideoSourceError
 from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.processing import IGNORE_INDEX
 
@@ -50,13 +52,32 @@ def _until(gen_kwargs: dict) -> list[str]:
     return [until] if isinstance(until, str) else list(until)
 
 
+class _Batches:
+    """Items grouped by key; ``run(items)`` whenever a group reaches ``size``, and for the rest at ``flush``."""
+
+    def __init__(self, size: int, run):
+        self.size, self.run, self.groups = size, run, {}
+
+    def add(self, key, item) -> None:
+        group = self.groups.setdefault(key, [])
+        group.append(item)
+        if len(group) == self.size:
+            self.run(self.groups.pop(key))
+
+    def flush(self) -> None:
+        for key in list(self.groups):
+            self.run(self.groups.pop(key))
+
+
 class Topa(lmms):
     """TOPA checkpoint (plugin directory) + open_clip encoder, evaluated on videos.
 
     ``--model_args``: ``pretrained`` (plugin dir), ``clip_model`` (open_clip name or config JSON),
     ``clip_pretrained`` (tag or weights file), ``memory`` (memory-bank file overriding the
     checkpoint's), ``use_memory``, ``max_frames`` (frames decoded per video; default the
-    checkpoint's max_feats), ``device``, ``dtype``, ``batch_size`` (questions scored per call),
+    checkpoint's max_feats), ``device``, ``dtype``, ``batch_size`` (questions scored or generated per
+    forward, and videos CLIP-encodes per call), ``decode_workers`` (processes decoding upcoming
+    videos while the model works; default min(8, cores); 0 decodes inline),
     ``mc_mode`` (``score``: rank the options; ``generate``: free generation even for
     multiple-choice docs), ``feature_cache`` (dir), ``feature_dir`` (precomputed features by
     video id), ``caption_mode`` (``prompt``: requests that show no options are answered from the
@@ -84,13 +105,14 @@ class Topa(lmms):
         caption_mode: str = "prompt",
         caption_protocol: str = "msrvtt",
         request_log: str | None = None,
+        decode_workers: int | None = None,
         max_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         from accelerate import Accelerator
 
         from topa_plugin.captioning import get_protocol
-        from topa_plugin.features.clip import load_clip
+        from topa_plugin.features.clip import configured_embed_dim, encoder_identity
         from topa_plugin.features.memory import load_memory
         from topa_plugin.modeling import TopaForCausalLM
 
@@ -128,13 +150,31 @@ class Topa(lmms):
         if self.use_memory:
             self._model.warn_if_no_memory()
 
-        encoder = load_clip(str(clip_model), clip_pretrained, device=self._device)
-        if encoder.embed_dim != config.feature_dim:
+        clip = (str(clip_model), clip_pretrained, Path(pretrained) / "config.json")
+        self._check_clip_dim(configured_embed_dim(str(clip_model)), *clip)
+        if decode_workers is not None and (not str(decode_workers).isdigit()):
+            raise ValueError(f"topa: decode_workers={decode_workers!r}; use a count >= 0 (0: decode in this process)")
+        self.features = VideoFeatureSource(
+            lambda: self._load_clip(*clip),
+            int(max_frames or config.max_feats), feature_cache, feature_dir,
+            decode_workers=None if decode_workers is None else int(decode_workers),
+            identity=encoder_identity(str(clip_model), clip_pretrained), dim=config.feature_dim,
+        )
+
+    def _load_clip(self, clip_model: str, clip_pretrained: str | None, checkpoint_config: Path):
+        """CLIP, loaded when the first video needs encoding (a fully cached run never loads it)."""
+        from topa_plugin.features.clip import load_clip
+
+        encoder = load_clip(clip_model, clip_pretrained, device=self._device)
+        self._check_clip_dim(encoder.embed_dim, clip_model, clip_pretrained, checkpoint_config)
+        return encoder
+
+    def _check_clip_dim(self, dim: int | None, clip_model: str, clip_pretrained, checkpoint_config: Path) -> None:
+        if dim is not None and dim != self._model.config.feature_dim:
             raise ValueError(
-                f"CLIP model {clip_model} ({clip_pretrained}) gives {encoder.embed_dim}-d features, but the "
-                f"checkpoint {Path(pretrained) / 'config.json'} expects feature_dim={config.feature_dim}"
+                f"CLIP model {clip_model} ({clip_pretrained}) gives {dim}-d features, but the "
+                f"checkpoint {checkpoint_config} expects feature_dim={self._model.config.feature_dim}"
             )
-        self.features = VideoFeatureSource(encoder, int(max_frames or config.max_feats), feature_cache, feature_dir)
 
     @property
     def model(self):
@@ -149,12 +189,28 @@ class Topa(lmms):
         return self.batch_size_per_gpu
 
     # ----- videos -----
-    def _video(self, doc_to_visual, doc_id, task, split) -> torch.Tensor:
-        """Raw frame features [T, F] of the doc's video on the model's device (so the memory
-        projection runs there, not on the CPU); errors name task, doc id and file."""
-        return self._find_video(doc_to_visual, doc_id, task, split).to(self._device)
+    def _videos(self, keys: list[tuple]) -> Iterator[torch.Tensor]:
+        """Raw frame features [T, F] per (doc_to_visual, doc_id, task, split), in order, on the
+        model's device (so the memory projection runs there). Videos are decoded ahead by the
+        feature source's worker pool and CLIP-encoded ``batch_size`` at a time; errors name task,
+        doc id and file."""
+        sources = [self._find_video(*key) for key in keys]
+        where = {}
+        for source, (_, doc_id, task, _) in zip(sources, keys):
+            if isinstance(source, Path):
+                where.setdefault(source, f"task {task!r} doc {doc_id}")
+        stream = self.features.stream([s for s in sources if isinstance(s, Path)], group=self.batch_size)
+        with closing(stream):
+            for source in sources:
+                if isinstance(source, Path):
+                    try:
+                        source = next(stream)
+                    except VideoSourceError as exc:
+                        raise TopaRequestError(f"{where[exc.path]}: {exc}") from exc
+                yield source.to(self._device)
 
-    def _find_video(self, doc_to_visual, doc_id, task, split) -> torch.Tensor:
+    def _find_video(self, doc_to_visual, doc_id, task, split) -> torch.Tensor | Path:
+        """Precomputed features of the doc's video, else its path."""
         doc = self.task_dict[task][split][doc_id]
         where = f"task {task!r} doc {doc_id}"
         if doc.get("video_idx") is not None:
@@ -174,12 +230,9 @@ class Topa(lmms):
         features = self._precomputed(path.stem, where)
         if features is not None:
             return features
-        from topa_plugin.features.video import VideoDecodeError
-
-        try:
-            return self.features.get(path)
-        except (VideoDecodeError, FeatureFileError) as exc:
-            raise TopaRequestError(f"{where}: {exc}") from exc
+        if not path.is_file():
+            raise TopaRequestError(f"{where}: {path}: video file not found")
+        return path
 
     def _precomputed(self, video_id: str, where: str) -> torch.Tensor | None:
         try:
@@ -211,30 +264,41 @@ class Topa(lmms):
             groups.setdefault((task, split, doc_id, ctx), []).append((position, request))
         results: list = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="topa loglikelihood")
-        for (task, split, doc_id, ctx), members in groups.items():
-            doc_to_visual = members[0][1].args[2]
+
+        def answer(members: list, by_idx: dict) -> None:
+            for position, request in members:
+                results[position] = GenerationResult(text=by_idx[request.idx])
+            progress.update(len(members))
+
+        def rank(batch: list) -> None:
+            members, questions, orders, texts, features = zip(*batch)
+            losses = self._model.score_choices(list(features), list(questions), list(texts), use_memory=self.use_memory)
+            for group, question, order, options, row in zip(members, questions, orders, texts, losses):
+                best = order[int(row.argmin())]
+                answer(group, {i: (float(loss), i == best) for i, loss in zip(order, row)})
+                _, _, _, doc_id, task, split = group[0][1].args[:6]
+                self.requests.write(task, doc_id, self.task_dict[task][split][doc_id], "loglikelihood",
+                                    question=question, options=options, chosen=int(row.argmin()),
+                                    losses=[float(x) for x in row])
+
+        batches = _Batches(self.batch_size, rank)
+        keys = [(members[0][1].args[2], doc_id, task, split) for (task, split, doc_id, _), members in groups.items()]
+        for ((task, split, doc_id, ctx), members), features in zip(groups.items(), self._videos(keys)):
             doc = self.task_dict[task][split][doc_id]
             continuations = {}
             for _, request in members:
                 cont = request.args[1]
                 continuations[request.idx] = str(cont(doc) if callable(cont) else cont).strip()
-            features = self._video(doc_to_visual, doc_id, task, split)
             if len(continuations) > 1:
                 order = sorted(continuations)
                 question = self._read_prompt(question_text, ctx, doc, task, doc_id)
-                texts = [continuations[i] for i in order]
-                losses = self._model.score_choices(features, question, texts, use_memory=self.use_memory)
-                best = order[int(losses.argmin())]
-                by_idx = {i: (float(loss), i == best) for i, loss in zip(order, losses)}
-                self.requests.write(task, doc_id, doc, "loglikelihood", question=question, options=texts,
-                                    chosen=int(losses.argmin()), losses=[float(x) for x in losses])
+                batches.add(len(order), (members, question, order, [continuations[i] for i in order], features))
             else:
                 (idx, cont), = continuations.items()
                 by_idx = {idx: self._continuation_nll(features, ctx, cont)}
                 self.requests.write(task, doc_id, doc, "loglikelihood", question=ctx, continuation=cont, loss=by_idx[idx][0])
-            for position, request in members:
-                results[position] = GenerationResult(text=by_idx[request.idx])
-            progress.update(len(members))
+                answer(members, by_idx)
+        batches.flush()
         progress.close()
         self._log_sources("loglikelihood")
         return results
@@ -267,7 +331,6 @@ class Topa(lmms):
         from the open-ended template with ``ctx`` as the question, verbatim (it may hold
         instructions that the release's lower-casing would garble)."""
         results: list = [None] * len(requests)
-        pending: dict[int, list] = {}  # option count -> [(position, features, options, request)]
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="topa generate")
 
         def rank(batch: list) -> None:
@@ -281,38 +344,43 @@ class Topa(lmms):
                              chosen=chosen, reply=results[position])
             progress.update(len(batch))
 
-        for position, request in enumerate(requests):
-            ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args[:6]
+        def generate(batch: list) -> None:
+            positions, features, contexts, settings, asked = zip(*batch)
+            for position, request, reply in zip(positions, asked, self._generate(list(features), contexts, settings[0])):
+                results[position] = reply
+                self._record(request, "caption" if self.caption_protocol else "generate", question=request.args[0],
+                             reply=reply)
+            progress.update(len(batch))
+
+        choices, free = _Batches(self.batch_size, rank), _Batches(self.batch_size, generate)
+        keys = [request.args[2:6] for request in requests]
+        for (position, request), features in zip(enumerate(requests), self._videos(keys)):
+            ctx, gen_kwargs, _, doc_id, task, split = request.args[:6]
             doc = self.task_dict[task][split][doc_id]
             options = self._read_prompt(parse_options, ctx, doc, task, doc_id) if self.mc_mode == "score" else None
-            features = self._video(doc_to_visual, doc_id, task, split)
             if options is not None:
-                batch = pending.setdefault(len(options.texts), [])
-                batch.append((position, features, options, request))
-                if len(batch) == self.batch_size:
-                    rank(pending.pop(len(options.texts)))
+                choices.add(len(options.texts), (position, features, options, request))
                 continue
-            results[position] = self._generate(features, ctx, gen_kwargs)
-            self._record(request, "caption" if self.caption_protocol else "generate", question=ctx, reply=results[position])
-            progress.update(1)
-        for batch in pending.values():
-            rank(batch)
+            if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0:
+                eval_logger.warning("topa decodes greedily; ignoring sampling settings in gen_kwargs")
+            settings = (int(gen_kwargs.get("max_new_tokens", 32)), tuple(_until(gen_kwargs)))
+            free.add(settings, (position, features, ctx.strip(), settings, request))
+        choices.flush()
+        free.flush()
         progress.close()
         self._log_sources("generate_until")
         return results
 
-    def _generate(self, features, ctx: str, gen_kwargs: dict) -> str:
-        """A caption by the authors' protocol (``caption_mode=release``), else greedy open-ended text."""
+    def _generate(self, features: list, contexts, settings: tuple[int, tuple]) -> list[str]:
+        """Captions by the authors' protocol (``caption_mode=release``), else greedy open-ended
+        text for the whole batch at once."""
         if self.caption_protocol is not None:
             from topa_plugin.captioning import caption_video
 
-            return caption_video(self._model, features, self.caption_protocol)
-        if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0:
-            eval_logger.warning("topa decodes greedily; ignoring sampling settings in gen_kwargs")
-        return self._model.generate_answer(
-            features, ctx.strip(), max_new_tokens=int(gen_kwargs.get("max_new_tokens", 32)),
-            until=_until(gen_kwargs), use_memory=self.use_memory,
-        )
+            return [caption_video(self._model, f, self.caption_protocol) for f in features]
+        max_new_tokens, until = settings
+        return self._model.generate_answer(features, list(contexts), max_new_tokens=max_new_tokens, until=list(until),
+                                           use_memory=self.use_memory)
 
     def _record(self, request: Instance, mode: str, **fields) -> None:
         _, _, _, doc_id, task, split = request.args[:6]

@@ -3,13 +3,18 @@ TOPA's, parsed by ``HfArgumentParser`` with an optional YAML ``--config`` undern
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import transformers
 
 from topa_plugin.configuration import TopaConfig
+from topa_plugin.processing import QUESTION_MARK_RULES
+from topa_plugin.training.deepspeed_config import DeepSpeedConfigError, check_deepspeed_config
 from topa_plugin.training.llava_compat import BACKENDS, default_backend
 from topa_plugin.training.samples import OVERLONG_POLICIES
 
@@ -53,6 +58,10 @@ class DataArguments:
                                          "features (default 0: off, as released)."})
     layout: str = field(default="auto", metadata={"help": "Video-QA column layout: auto, nextqa, star, tvqa, generic."})
     feature_fps: float | None = field(default=None, metadata={"help": "Feature rows per second, to cut STAR/TVQA segments."})
+    question_mark: str | None = field(default=None, metadata={
+        "help": "TextVid questions: always (default, the release's training rule: append \"?\" unless the question "
+                "ends in \"?\", so \"x.\" becomes \"x.?\") or keep_period (no \"?\" after a final \".\", the "
+                "evaluation rule).", "choices": QUESTION_MARK_RULES})
 
 
 @dataclass
@@ -62,6 +71,8 @@ class TrainingArguments(transformers.TrainingArguments):
     trainer_backend: str = field(default_factory=default_backend, metadata={"help": "auto, llava or plain.", "choices": BACKENDS})
     group_by_modality_length: bool = field(default=False, metadata={"help": "LLaVA's length-grouped sampler."})
     mm_projector_lr: float | None = field(default=None, metadata={"help": "Read by LLaVATrainer; unused by TOPA."})
+    decay_gates: bool = field(default=True, metadata={"help": "Weight decay on the per-head gates gate1/gate2 too "
+                              "(release: every >= 2-D parameter decays); False exempts them like biases."})
     adam_beta2: float = 0.95
     weight_decay: float = 0.1
     lr_scheduler_type: str = "cosine"
@@ -74,11 +85,34 @@ class TrainingArguments(transformers.TrainingArguments):
             if self.warmup_steps:
                 raise ValueError("give --warmup_ratio or --warmup_steps, not both")
             self.warmup_steps = self.warmup_ratio  # transformers 5 reads a value below 1 as a ratio
+        if not self.use_cpu and not torch.accelerator.is_available():
+            # Without it accelerate sees one process on a CPU-only host: torchrun ranks train as
+            # independent copies and DeepSpeed's batch check fails.
+            self.use_cpu = True
+        if isinstance(self.deepspeed, str):
+            _read_json(self.deepspeed)  # names the file before transformers reads it
         super().__post_init__()
 
     @property
     def effective_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
+
+
+def _read_json(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DeepSpeedConfigError(f"--deepspeed {path}: cannot read the DeepSpeed config ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise DeepSpeedConfigError(f"{path}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
+
+
+def check_world_size(training_args: TrainingArguments) -> None:
+    """A launcher that started N processes must give a trainer that sees N (else N independent runs)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != training_args.world_size:
+        raise SystemExit(f"the launcher started {launched} processes (WORLD_SIZE) but the trainer sees "
+                         f"{training_args.world_size}: on a host without GPUs add --use_cpu True")
 
 
 def build_parser(prog: str | None = None) -> transformers.HfArgumentParser:
@@ -103,8 +137,6 @@ def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def yaml_to_argv(path: str | Path, parser: transformers.HfArgumentParser) -> list[str]:
     """A YAML mapping of argument names to values, as command-line flags (unknown keys fail here)."""
-    import json
-
     import yaml
 
     path = Path(path)
@@ -162,6 +194,9 @@ def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> t
         raise SystemExit("give --model_name_or_path (the frozen LLM) or --init_from (a TOPA plugin directory)")
     if model_args.lora_r and data_args.task != "finetune":
         raise SystemExit("--lora_r is for --task finetune (pre-alignment keeps the LLM frozen)")
+    check_world_size(training_args)
+    if training_args.deepspeed:
+        check_deepspeed_config(training_args)
     if training_args.base_learning_rate is not None:
         training_args.learning_rate = training_args.base_learning_rate * training_args.effective_batch_size / 256
     return model_args, data_args, training_args

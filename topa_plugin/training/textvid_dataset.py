@@ -9,7 +9,9 @@ so does ``TopaCollator``, with the coin of the batch's first item.
 
 Answer balancing shuffles the options unless the correct option's text contains "both", "all",
 "none" or "and" as substrings (the release's test; "ball" and "hand" count too): those answers
-usually refer to other options' positions.
+usually refer to other options' positions. Questions get the release's TextVid "?" rule: "?" is
+appended unless the question already ends in "?" ("... the task." becomes "... the task.?"), unlike
+its evaluation prompts (``question_mark``, ``TopaProcessor.normalize_question``).
 
 Each visit draws its randomness (QA, task, option order, noise) from ``(seed, epoch, index)``:
 a sample does not depend on data-loader workers or on when the loader prefetched it, so a run
@@ -62,7 +64,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
 
     def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, max_seq_len: int = 150,
                  answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0,
-                 check_lengths: bool = True, overlong: str = "error"):
+                 check_lengths: bool = True, overlong: str = "error", question_mark: str = "always"):
         from topa_plugin.textvid.records import read_textvid
 
         self.data_path = str(data_path)
@@ -71,6 +73,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
         self.max_seq_len = max_seq_len
         self.answer_balance = answer_balance
         self.noise_variance = noise_variance
+        self.question_mark = question_mark  # the release's TextVid rule by default (see processing.py)
         self.seed, self.epoch = seed, 0
         self.features = _FeatureSource(feature_folder, [r.idx for r in self.records], self.data_path, "idx")
         self.positions: list[int] | None = None  # record positions in the file, once records were left out
@@ -82,9 +85,10 @@ class TextVidDataset(_VisitRandomness, Dataset):
         """Every prompt a visit of ``record`` can produce (options in the file's order): (QA index, task, prompt)."""
         yield None, SUMMARY, self.processor.encode_summary(record.global_video_caption)
         for q, qa in enumerate(record.qas):
-            yield q, MULTIPLE_CHOICE, self.processor.encode_multiple_choice(qa.question, qa.options, qa.answer_index)
+            yield q, MULTIPLE_CHOICE, self.processor.encode_multiple_choice(
+                qa.question, qa.options, qa.answer_index, self.question_mark)
             if open_ended_allowed(qa.answer_open_ended, qa.answer_text):
-                yield q, OPEN_ENDED, self.processor.encode_open_ended(qa.question, qa.answer_open_ended)
+                yield q, OPEN_ENDED, self.processor.encode_open_ended(qa.question, qa.answer_open_ended, self.question_mark)
 
     def _check_lengths(self, overlong: str) -> None:
         """Encode every prompt once, before any model loads; report all whose answer ``max_seq_len`` cuts off."""
@@ -153,13 +157,13 @@ class TextVidDataset(_VisitRandomness, Dataset):
             options, answer = balance_options(options, answer, rng)
         caption_task = caption_slot_task(qa.answer_open_ended, qa.answer_text, rng)
         if caption_task == OPEN_ENDED:
-            caption = self.processor.encode_open_ended(qa.question, qa.answer_open_ended)
+            caption = self.processor.encode_open_ended(qa.question, qa.answer_open_ended, self.question_mark)
         else:
             caption = self.processor.encode_summary(record.global_video_caption)
         video = self._video(index, rng)
         where = f"{self._where(index)}: QAs[{qa_index}] as"
-        sample = make_sample(self.processor.encode_multiple_choice(qa.question, options, answer), video,
-                             self.max_seq_len, f"{where} {MULTIPLE_CHOICE}")
+        multiple_choice = self.processor.encode_multiple_choice(qa.question, options, answer, self.question_mark)
+        sample = make_sample(multiple_choice, video, self.max_seq_len, f"{where} {MULTIPLE_CHOICE}")
         sample["caption"] = make_sample(caption, video, self.max_seq_len, f"{where} {caption_task}")
         sample["task_coin"] = coin
         return sample

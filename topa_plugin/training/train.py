@@ -6,11 +6,15 @@ command-line flags override. Training runs through LLaVA's trainer when llava im
 (``topa_plugin.training.llava_compat``), else through ``transformers.Trainer``.
 
 Recipe (docs/method.md section 5): the LLM is frozen (bf16 with ``--bf16`` on an accelerator,
-fp32 on CPU), the TOPA adapter trains in fp32 with AdamW betas (0.9, 0.95); weight decay applies
-to the matrices (``visual_proj.weight``, ``temporal_emb.weight``, ``adapter_query.weight``, LoRA
-matrices) and not to the per-head gates ``gate1``/``gate2``, biases or any 1-D parameter. The
-learning rate warms up linearly, then follows a half cosine to 0; ``--base_learning_rate`` sets
+fp32 on CPU), the TOPA adapter trains in fp32 with AdamW betas (0.9, 0.95); weight decay applies,
+as in the release, to every parameter with 2 or more dimensions: the matrices and the per-head
+gates ``gate1``/``gate2`` (``--decay_gates False`` exempts the gates), not biases or 1-D parameters.
+The learning rate warms up linearly, then follows a half cosine to 0; ``--base_learning_rate`` sets
 ``lr = blr * effective_batch / 256`` as the release does.
+
+Launchers: plain, ``torchrun`` (one or several nodes) or ``deepspeed`` with ``configs/zero2.json`` /
+``zero3.json`` (checked against the flags before the model loads, ``deepspeed_config.py``). On a
+host without GPUs ``--use_cpu`` defaults to True, so the same commands run on CPU (gloo).
 
 Checkpoints hold only trainables (``adapter_model.safetensors``, ``lora_model.safetensors`` with
 LoRA) plus optimizer/scheduler/RNG/trainer state; the frozen LLM is never written. The final
@@ -32,8 +36,6 @@ from topa_plugin.training.resume import resume_checkpoint
 from topa_plugin.training.trainer import EpochSetter, save_final, topa_trainer_class
 
 logger = logging.getLogger(__name__)
-
-
 
 
 def _llm_dtype(training_args: TrainingArguments) -> torch.dtype:
@@ -62,7 +64,8 @@ def build_dataset(data_args: DataArguments, processor, seed: int = 0):
     common = {"max_seq_len": data_args.max_seq_len, "answer_balance": data_args.answer_balance,
               "check_lengths": data_args.check_lengths, "overlong": data_args.overlong}
     if data_args.task == "pretrain":
-        dataset, specific = TextVidDataset, {"noise_variance": data_args.noise_variance}
+        dataset = TextVidDataset
+        specific = {"noise_variance": data_args.noise_variance, "question_mark": data_args.question_mark}
     else:
         dataset, specific = VideoQADataset, {"layout": data_args.layout, "feature_fps": data_args.feature_fps}
     chosen = {k: v for k, v in {**common, **specific}.items() if v is not None}
@@ -103,6 +106,17 @@ def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: 
     return model
 
 
+def init_deepspeed_comm(training_args: TrainingArguments) -> None:
+    """Hand accelerate's process group to DeepSpeed before the LLM loads.
+
+    Under ZeRO-3, ``from_pretrained`` builds the model inside ``deepspeed.zero.Init``, which needs
+    DeepSpeed's communication layer; accelerate only sets that up later, with the engine.
+    """
+    if training_args.deepspeed and torch.distributed.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=training_args.ddp_backend)
+
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, callbacks=None):
     """Build everything, train (resuming from the newest checkpoint in output_dir), save; returns the trainer."""
@@ -112,6 +126,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     transformers.set_seed(training_args.seed)
     processor = build_processor(model_args)
     dataset = build_dataset(data_args, processor, training_args.seed)
+    init_deepspeed_comm(training_args)
     model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args))
     logger.info("trainable parameters: %d", sum(p.numel() for p in model.parameters() if p.requires_grad))
     pad_id = processor.tokenizer.pad_token_id

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers.trainer import SCHEDULER_NAME
 
 from topa_plugin.training.llava_compat import trainer_base
 from topa_plugin.utils.constants import LORA_FILE
@@ -23,10 +23,12 @@ def has_lora(model) -> bool:
     return hasattr(model.llm, "peft_config")
 
 
-def decays(name: str, param: torch.nn.Parameter) -> bool:
-    """Weight decay for matrices only: not for gates (gate1/gate2), biases or 1-D parameters."""
+def decays(name: str, param: torch.nn.Parameter, decay_gates: bool) -> bool:
+    """The release's rule (timm's ``param_groups_weight_decay``): every parameter with 2 or more
+    dimensions decays, the per-head gates gate1/gate2 ([layers, heads]) included; biases and 1-D
+    parameters do not. ``decay_gates=False`` exempts the gates too."""
     leaf = name.rsplit(".", 1)[-1]
-    return param.ndim >= 2 and not leaf.startswith("gate") and leaf != "bias"
+    return param.ndim >= 2 and leaf != "bias" and (decay_gates or not leaf.startswith("gate"))
 
 
 @contextlib.contextmanager
@@ -46,7 +48,7 @@ class TopaTrainerMixin:
     """TOPA on top of either trainer: optimizer groups, trainables-only checkpoints, resume."""
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        return [name for name, param in model.named_parameters() if decays(name, param)]
+        return [name for name, param in model.named_parameters() if decays(name, param, self.args.decay_gates)]
 
     def create_optimizer(self, model=None):
         # LLaVA's grouping ignores get_decay_parameter_names; TOPA's rule must hold on both backends.
@@ -83,20 +85,28 @@ class TopaTrainerMixin:
         logger.info("Resumed TOPA trainables from %s", path)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if self.is_deepspeed_enabled:
-            # The engine checkpoint holds the module too: keep the frozen LLM out of it.
-            self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
-            return
-        super()._save_optimizer_and_scheduler(output_dir)
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # The engine checkpoint holds the module too: keep the frozen LLM out of it (every rank
+        # writes its own ZeRO shard). transformers returns here without the scheduler, which the
+        # engine does not own when the Trainer made it, and then needs scheduler.pt to resume.
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         if not (self.is_deepspeed_enabled and resume_from_checkpoint):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         # Engine checkpoints lack the frozen weights (above), so the module must load non-strictly.
+        # The Trainer passes load_module_strict itself, so a partial's default would be overridden.
         import transformers.trainer as hf_trainer
 
         strict_loader = hf_trainer.deepspeed_load_checkpoint
-        hf_trainer.deepspeed_load_checkpoint = functools.partial(strict_loader, load_module_strict=False)
+
+        def load_without_frozen(engine, checkpoint, load_module_strict=True):
+            return strict_loader(engine, checkpoint, load_module_strict=False)
+
+        hf_trainer.deepspeed_load_checkpoint = load_without_frozen
         try:
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:
