@@ -14,6 +14,7 @@ import transformers
 from transformers.trainer import SCHEDULER_NAME
 
 from topa_plugin.training.llava_compat import trainer_base
+from topa_plugin.utils.atomic import atomic_write
 from topa_plugin.utils.constants import LORA_FILE
 from topa_plugin.utils.save_and_load import load_adapter
 
@@ -69,8 +70,8 @@ class TopaTrainerMixin:
                     import peft
                     from safetensors.torch import save_file
 
-                    state = peft.get_peft_model_state_dict(model.llm)
-                    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(output_dir, LORA_FILE))
+                    state = {k: v.detach().cpu().contiguous() for k, v in peft.get_peft_model_state_dict(model.llm).items()}
+                    atomic_write(Path(output_dir) / LORA_FILE, lambda tmp: save_file(state, str(tmp)))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         from safetensors.torch import load_file
