@@ -70,15 +70,15 @@ def test_sample_features_equal_a_direct_computation(sample_store, encoder):
     assert store.ids() == [r.idx for r in records] and len(store) == len(records)
     assert store.encoder == encoder.identity and store.dim == 768
     index = json.loads((sample_store / "index.json").read_text())
-    assert sorted({e["shard"] for e in index["records"].values()}) == [
-        f"shard-{i:05d}.safetensors" for i in range((len(records) + SHARD - 1) // SHARD)]
+    assert len(index["shards"]) == (len(records) + SHARD - 1) // SHARD
+    assert index["shard"] == [i // SHARD for i in range(len(records))]
     for r in records:
         expected = []
         for captions in r.captions_per_frame:
             mean = l2_normalize(encoder.encode_text(captions)).mean(0)
             expected.append(mean / mean.norm())
         got = store.get(r.idx)
-        assert got.dtype == torch.float32 and index["records"][r.idx]["frames"] == len(r.frames)
+        assert got.dtype == torch.float32 and store.n_frames[store.position(r.idx)] == len(r.frames)
         torch.testing.assert_close(got, torch.stack(expected), rtol=0, atol=2e-3)  # stored as fp16
     with pytest.raises(KeyError, match="no features for record 'nope'"):
         store.get("nope")
@@ -92,10 +92,11 @@ def test_killed_extraction_resumes_to_identical_shards(sample_store, toy_clip, t
     crashed = subprocess.run([sys.executable, "-m", "topa_plugin.cli", *args], capture_output=True, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1", CRASH_ENV: "1"}, timeout=300, check=False)
     assert crashed.returncode == 75, crashed.stderr
-    # one finished shard, one half-written shard under a temp name, no index yet
-    progress = json.loads((out / "progress.json").read_text())
-    assert progress["done"] == ["shard-00000.safetensors"]
-    assert (out / "shard-00001.safetensors.tmp").exists() and not (out / "shard-00001.safetensors").exists()
+    # one finished shard (logged after the header), one half-written shard under a temp name, no index yet
+    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert len(progress) == 2 and "header" in progress[0]
+    assert [p.name for p in out.glob("shard-*.safetensors")] == [progress[1]["name"]]
+    assert len(list(out.glob("shard-*.safetensors.tmp"))) == 1
     assert not (out / "index.json").exists()
     with pytest.raises(FeatureError, match="incomplete"):
         FeatureStore(out)
@@ -108,12 +109,14 @@ def test_killed_extraction_resumes_to_identical_shards(sample_store, toy_clip, t
         assert (out / name).read_bytes() == (sample_store / name).read_bytes(), name
 
 
-def test_rerun_is_a_no_op_and_other_settings_are_refused(sample_store, encoder, tmp_path):
+def test_rerun_is_a_no_op_and_other_settings_are_refused(sample_store, encoder, tmp_path, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in sample_store.iterdir()}
     extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=SHARD)
+    extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=8)  # shards are keyed by content
+    assert capsys.readouterr().out.count("already complete (60 entries)") == 2
     assert {p.name: p.stat().st_mtime_ns for p in sample_store.iterdir()} == before
-    with pytest.raises(FeatureError, match=r"index\.json.*shard_size: 16 there, 8 now"):
-        extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=8)
+    with pytest.raises(FeatureError, match=r"index\.json.*dtype: 'float16' there, 'float32' now"):
+        extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=SHARD, dtype="float32")
 
 
 # ---------------------------------------------------------------- release import

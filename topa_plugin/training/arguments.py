@@ -41,6 +41,9 @@ class DataArguments:
                                 "produce and report all whose answer --max_seq_len cuts off."})
     overlong: str = field(default="error", metadata={"help": "Prompts whose answer --max_seq_len cuts off: error "
                           "(list them all and stop) or skip (leave them out, logged).", "choices": OVERLONG_POLICIES})
+    skip_invalid: bool = field(default=False, metadata={"help": "TextVid pretraining: leave out invalid records and "
+                               "records without usable features, listed in <output_dir>.rejects.jsonl (default: stop, "
+                               "naming them all)."})
     answer_balance: bool = field(default=False, metadata={"help": "Shuffle multiple-choice options (release rule)."})
     noise_variance: float = field(default=0.0, metadata={"help": "Noise injection variance for TextVid features."})
     layout: str = field(default="auto", metadata={"help": "Video-QA column layout: auto, nextqa, star, tvqa, generic."})

@@ -54,15 +54,23 @@ def build_processor(model_args: ModelArguments):
     return TopaProcessor(tokenizer, max_feats=model_args.max_feats)
 
 
-def build_dataset(data_args: DataArguments, processor, seed: int = 0):
+def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir: str | None = None):
+    """The training dataset; with ``output_dir``, TextVid rejects and the length-check cache go beside/into it."""
+    from topa_plugin.features.writer import rejects_path
+    from topa_plugin.training.samples import DataError
     from topa_plugin.training.textvid_dataset import TextVidDataset
     from topa_plugin.training.videoqa_dataset import VideoQADataset
 
     common = {"max_seq_len": data_args.max_seq_len, "answer_balance": data_args.answer_balance, "seed": seed,
               "check_lengths": data_args.check_lengths, "overlong": data_args.overlong}
     if data_args.task == "pretrain":
+        out = Path(output_dir) if output_dir else None
         return TextVidDataset(data_args.data_path, data_args.feature_folder, processor,
-                              noise_variance=data_args.noise_variance, **common)
+                              noise_variance=data_args.noise_variance, skip_invalid=data_args.skip_invalid,
+                              rejects=out and rejects_path(out),
+                              length_cache=out and out / "textvid-length-check.json", **common)
+    if data_args.skip_invalid:
+        raise DataError("--skip_invalid applies to TextVid pretraining (--task pretrain) only")
     return VideoQADataset(data_args.data_path, data_args.feature_folder, processor, layout=data_args.layout,
                           feature_fps=data_args.feature_fps, **common)
 
@@ -115,7 +123,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     logger.info("effective batch %d, learning rate %.3g", training_args.effective_batch_size, training_args.learning_rate)
     transformers.set_seed(training_args.seed)
     processor = build_processor(model_args)
-    dataset = build_dataset(data_args, processor, training_args.seed)
+    dataset = build_dataset(data_args, processor, training_args.seed, training_args.output_dir)
     model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args))
     logger.info("trainable parameters: %d", sum(p.numel() for p in model.parameters() if p.requires_grad))
     pad_id = processor.tokenizer.pad_token_id
