@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +69,7 @@ class TextVidSource:
     Indexing it reads one record back from its byte span, so a shard holds its records only."""
 
     path: Path
-    spans: list[tuple[int, int, int]]  # (position in the file, byte offset, byte size)
+    spans: tuple[array, array, array]  # position in the file, byte offset, byte size (compact at 721k)
     keys: list[str]
     digests: list[str]
     rejected: list[dict]
@@ -80,7 +81,7 @@ class TextVidSource:
     def __getitem__(self, i: int):
         from topa_plugin.textvid.records import read_record
 
-        position, offset, size = self.spans[i]
+        position, offset, size = (column[i] for column in self.spans)
         record = read_record(self.path, offset, size)
         if record.idx != self.keys[i] or self.digest(record) != self.digests[i]:
             raise FeatureError(f"{self.path}: record {position} (id {self.keys[i]!r}) changed after the file was "
@@ -101,7 +102,7 @@ def check_textvid(textvid: str | Path, skip_invalid: bool = False, digest: Calla
     )
 
     path = Path(textvid)
-    source = TextVidSource(path, [], [], [], [], digest)
+    source = TextVidSource(path, (array("q"), array("q"), array("q")), [], [], [], digest)
     problems, broken = [], []
     for item, found in scan_textvid(path, desc=f"checking {path.name}"):
         if item is None:
@@ -112,7 +113,8 @@ def check_textvid(textvid: str | Path, skip_invalid: bool = False, digest: Calla
                                     "id": found[0].id, "problems": [str(p) for p in found]})
         else:
             record = record_of(item)
-            source.spans.append((item.index, item.offset, item.size))
+            for column, value in zip(source.spans, (item.index, item.offset, item.size)):
+                column.append(value)
             source.keys.append(record.idx)
             source.digests.append(digest(record))
     if broken or (problems and not skip_invalid):

@@ -171,7 +171,8 @@ def write_sharded(out_dir: str | Path, header: dict, keys: Sequence[str], items:
     pending = _pending(keys, digests, done)
     if intact and not pending and (out / INDEX).is_file() and not (out / PROGRESS).is_file():
         index = read_index(out / INDEX)
-        if index["ids"] == [k for k in keys if done[k][1] >= 0]:
+        if (index["ids"] == [k for k in keys if done[k][1] >= 0]
+                and [r[0] for r in index["rejected"]] == [k for k in keys if done[k][1] < 0]):
             print(f"{out}: already complete ({len(index['ids'])} entries)")
             _write_rejects(out, rejected, index["rejected"])
             return out / INDEX

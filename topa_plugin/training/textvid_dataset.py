@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,8 @@ class _Kept:
     """The usable records: where each is in the file, and the QAs to draw from where some were left out."""
 
     positions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
+    offsets: array = field(default_factory=lambda: array("q"))  # compact: 721k records
+    sizes: array = field(default_factory=lambda: array("q"))
     ids: list[str] = field(default_factory=list)
     usable_qas: dict[int, list[int]] = field(default_factory=dict)
 
