@@ -10,6 +10,9 @@ in its own process and reports its wall time and peak RSS:
     memory     topa memory build --size 100000
     train      TextVidDataset construction, what `topa train` does before the model loads:
                schema, feature index (frame counts) and every prompt's length, Llama-2-like tokenizer
+    restart    the same again, the prompt-length check now read from its cache
+    baseline   no data: the imports and the toy CLIP every pass above starts from (torch alone
+               is about 0.7 GB of RSS with its CUDA libraries)
 
 Every pass is also run at a fifth of the records, so the last columns extrapolate to the release's
 721k Tideos from the measured growth (time and RSS linear in the records). Targets: RSS < 1 GB at
@@ -17,6 +20,7 @@ any size, training start-up < 30 s at 100k.
 
     python benchmarks/bench_textvid_scale.py                  # 100k records (about 15 min on 2 cores)
     python benchmarks/bench_textvid_scale.py --records 20000  # quicker
+    python benchmarks/bench_textvid_scale.py --work DIR --stages memory train restart  # reuse DIR
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ import time
 from pathlib import Path
 
 RELEASE_RECORDS = 721_000
-WORDS = ("person hand table cup knife bowl water door window chair kitchen dog ball car street tree "
-         "walks picks opens pours cuts holds puts turns looks moves slowly quickly small large red "
-         "green wooden metal near behind front left right top bottom inside outside").split()
+WORDS = ["person", "hand", "table", "cup", "knife", "bowl", "water", "door", "window", "chair", "kitchen", "dog",
+         "ball", "car", "street", "tree", "walks", "picks", "opens", "pours", "cuts", "holds", "puts", "turns",
+         "looks", "moves", "slowly", "quickly", "small", "large", "red", "green", "wooden", "metal", "near",
+         "behind", "front", "left", "right", "top", "bottom", "inside", "outside"]
 CAPTIONS = 500  # distinct caption texts
-STAGES = ("validate", "stats", "features", "memory", "train")
+STAGES = ("baseline", "validate", "stats", "features", "memory", "train", "restart")
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -55,13 +60,12 @@ def make_record(i: int, rng: random.Random, captions: list[str]) -> dict:
 
 
 def generate(path: Path, n: int) -> None:
-    """A release-style JSON list, written record by record."""
+    """A release-style JSON list, written record by record (the same bytes for the same ``n``)."""
     rng = random.Random(0)
     captions = [f"{_words(rng, 8)} ({c})" for c in range(CAPTIONS)]
     with open(path, "w", encoding="utf-8") as f:
         f.write("[")
-        for i in range(n):
-            f.write(("," if i else "") + json.dumps(make_record(i, rng, captions)))
+        f.writelines(("," if i else "") + json.dumps(make_record(i, rng, captions)) for i in range(n))
         f.write("]\n")
 
 
@@ -80,7 +84,15 @@ def run_stage(stage: str, data: Path, work: Path, assets: dict) -> None:
     from topa_plugin.cli import main
 
     store = work / f"store-{data.stem}"
-    if stage in ("validate", "stats"):
+    if stage == "baseline":  # the imports and models every pass starts from, no data
+        import open_clip  # noqa: F401
+        import transformers  # noqa: F401
+
+        from topa_plugin.features.clip import load_clip
+
+        load_clip(assets["clip_config"], assets["clip_weights"], "cpu")
+        status = 0
+    elif stage in ("validate", "stats"):
         status = main(["textvid", stage, str(data)])
     elif stage == "features":
         status = main(["features", "textvid", "--textvid", str(data), "--out", str(store), "--device", "cpu",
@@ -95,8 +107,11 @@ def run_stage(stage: str, data: Path, work: Path, assets: dict) -> None:
         from topa_plugin.processing import TopaProcessor
         from topa_plugin.training.textvid_dataset import TextVidDataset
 
+        cache = work / f"length-check-{data.stem}.json"
+        if stage == "train":
+            cache.unlink(missing_ok=True)  # a first start; "restart" finds the cache
         processor = TopaProcessor(AutoTokenizer.from_pretrained(assets["tokenizer"]), max_feats=10)
-        status = 0 if len(TextVidDataset(data, store, processor, max_seq_len=150)) else 1
+        status = 0 if len(TextVidDataset(data, store, processor, max_seq_len=150, length_cache=cache)) else 1
     if status:
         raise SystemExit(f"{stage} exited with {status}")
 
@@ -115,8 +130,9 @@ def measure(stage: str, data: Path, work: Path, assets: dict) -> tuple[float, fl
               f"import bench_textvid_scale as b, json; t = time.perf_counter(); "
               f"b.run_stage({stage!r}, b.Path({str(data)!r}), b.Path({str(work)!r}), {assets!r}); "
               f"print('RESULT', time.perf_counter() - t, b.peak_rss_mb())")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "TQDM_DISABLE": "1"})
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}  # the tokenizer's default
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                         env={**env, "TQDM_DISABLE": "1"})
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     if out.returncode or not lines:
         raise SystemExit(f"{stage} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -138,6 +154,8 @@ def main() -> None:
         files = {}
         for n in sizes:
             files[n] = work / f"textvid-{n}.json"
+            if files[n].is_file():  # --work of an earlier run: the same bytes
+                continue
             t = time.perf_counter()
             generate(files[n], n)
             print(f"generated {n} records: {files[n].stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.0f} s")

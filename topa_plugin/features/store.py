@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ VERSION = 2
 INDEX = "index.json"
 PROGRESS = "progress.jsonl"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# Shards a reader keeps open (memory-mapped) at once.
+OPEN_SHARDS = 4
 # Index fields that must agree between a store and an extraction resuming into it.
 HEADER_KEYS = ("version", "kind", "encoder", "dim", "dtype", "frames")
 
@@ -89,7 +92,8 @@ class FeatureStore:
         self.n_frames: list[int] = index["n_frames"]
         self.digests: list[str] = index["digests"]
         self._position = {idx: i for i, idx in enumerate(self._ids)}
-        self._handles: dict[int, Any] = {}
+        self._handles: OrderedDict[int, Any] = OrderedDict()
+        self._verified: set[int] = set()
 
     def __contains__(self, idx) -> bool:
         return str(idx) in self._position
@@ -108,15 +112,21 @@ class FeatureStore:
             raise KeyError(f"{self.directory}: no features for record {idx!r}") from None
 
     def _handle(self, shard: int):
-        """An open shard, its hash checked against the index the first time it is opened."""
-        if shard not in self._handles:
-            from safetensors import safe_open
+        """An open shard, its hash checked against the index the first time it is opened. At most
+        ``OPEN_SHARDS`` stay open: each maps its file, and pages read stay resident while it is open."""
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+            return self._handles[shard]
+        from safetensors import safe_open
 
-            entry = self.shards[shard]
-            problem = shard_problem(self.directory, entry, check_hash=True)
-            if problem:
-                raise FeatureError(f"{problem}; rerun the `topa features` command that wrote {self.directory}")
-            self._handles[shard] = safe_open(str(self.directory / entry["name"]), framework="pt")
+        entry = self.shards[shard]
+        problem = shard_problem(self.directory, entry, check_hash=shard not in self._verified)
+        if problem:
+            raise FeatureError(f"{problem}; rerun the `topa features` command that wrote {self.directory}")
+        self._verified.add(shard)
+        self._handles[shard] = safe_open(str(self.directory / entry["name"]), framework="pt")
+        if len(self._handles) > OPEN_SHARDS:
+            self._handles.popitem(last=False)
         return self._handles[shard]
 
     def get(self, idx) -> torch.Tensor:
@@ -134,4 +144,4 @@ class FeatureStore:
         return out
 
     def __getstate__(self):  # open shard handles cannot cross into DataLoader workers
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": OrderedDict()}
