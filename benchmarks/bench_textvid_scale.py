@@ -15,7 +15,8 @@ in its own process and reports its wall time and peak RSS:
                is about 0.7 GB of RSS with its CUDA libraries)
 
 Every pass is also run at a fifth of the records, so the last columns extrapolate to the release's
-721k Tideos from the measured growth (time and RSS linear in the records). Targets: RSS < 1 GB at
+721k Tideos from the measured growth (time and RSS linear in the records). "CPU s" is the pass's
+process CPU time: on a shared machine it is closer than wall time to what an idle machine takes. Targets: RSS < 1 GB at
 any size, training start-up < 30 s at 100k.
 
     python benchmarks/bench_textvid_scale.py                  # 100k records (about 15 min on 2 cores)
@@ -124,20 +125,21 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(stage: str, data: Path, work: Path, assets: dict) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one pass in a fresh process."""
+def measure(stage: str, data: Path, work: Path, assets: dict) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of the whole process, peak RSS in MB) of one pass in a fresh process."""
     script = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
               f"import bench_textvid_scale as b, json; t = time.perf_counter(); "
               f"b.run_stage({stage!r}, b.Path({str(data)!r}), b.Path({str(work)!r}), {assets!r}); "
-              f"print('RESULT', time.perf_counter() - t, b.peak_rss_mb())")
+              f"import resource; u = resource.getrusage(resource.RUSAGE_SELF); "
+              f"print('RESULT', time.perf_counter() - t, u.ru_utime + u.ru_stime, b.peak_rss_mb())")
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}  # the tokenizer's default
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
                          env={**env, "TQDM_DISABLE": "1"})
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     if out.returncode or not lines:
         raise SystemExit(f"{stage} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    _, seconds, rss = lines[-1].split()
-    return float(seconds), float(rss)
+    _, seconds, cpu, rss = lines[-1].split()
+    return float(seconds), float(cpu), float(rss)
 
 
 def main() -> None:
@@ -159,14 +161,14 @@ def main() -> None:
             t = time.perf_counter()
             generate(files[n], n)
             print(f"generated {n} records: {files[n].stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.0f} s")
-        print(f"{'pass':<10}{'records':>9}{'time s':>9}{'RSS MB':>9}{'small time':>12}{'small RSS':>11}"
+        print(f"{'pass':<10}{'records':>9}{'time s':>9}{'CPU s':>8}{'RSS MB':>9}{'small time':>12}{'small RSS':>11}"
               f"{'721k time s':>13}{'721k RSS MB':>13}")
         for stage in args.stages:
-            (t_small, rss_small), (t_big, rss_big) = (measure(stage, files[n], work, assets) for n in sizes)
+            (t_small, _, rss_small), (t_big, cpu, rss_big) = (measure(stage, files[n], work, assets) for n in sizes)
             scale = (RELEASE_RECORDS - sizes[1]) / (sizes[1] - sizes[0])
-            t_release = t_big + (t_big - t_small) * scale
+            t_release = t_big + max(0.0, t_big - t_small) * scale
             rss_release = rss_big + max(0.0, rss_big - rss_small) * scale
-            print(f"{stage:<10}{sizes[1]:>9}{t_big:>9.1f}{rss_big:>9.0f}{t_small:>12.1f}{rss_small:>11.0f}"
+            print(f"{stage:<10}{sizes[1]:>9}{t_big:>9.1f}{cpu:>8.1f}{rss_big:>9.0f}{t_small:>12.1f}{rss_small:>11.0f}"
                   f"{t_release:>13.0f}{rss_release:>13.0f}", flush=True)
 
 
