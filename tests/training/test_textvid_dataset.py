@@ -99,3 +99,18 @@ def test_length_check_is_cached_by_content(processor, records, tmp_path, monkeyp
     data.write_bytes(text)
     with pytest.raises(DataError, match="lose their whole answer"):  # cached problems still stop an error run
         TextVidDataset(data, store, processor, max_seq_len=155, length_cache=cache)
+
+
+def test_train_writes_rejects_beside_and_the_length_cache_into_its_output_dir(processor, records, tmp_path):
+    from topa_plugin.training.arguments import DataArguments
+    from topa_plugin.training.train import build_dataset
+
+    store = write_store(tmp_path / "store", {r.idx: random_frames(len(r.frames), i)
+                                             for i, r in enumerate(records) if i != 2})
+    args = DataArguments(data_path=str(sample_path()), feature_folder=str(store), max_seq_len=512, skip_invalid=True)
+    ds = build_dataset(args, processor, 0, str(tmp_path / "run"))
+    assert len(ds) == len(records) - 1 and (tmp_path / "run" / "textvid-length-check.json").is_file()
+    assert json.loads((tmp_path / "run.rejects.jsonl").read_text())["id"] == records[2].idx
+    with pytest.raises(DataError, match="--skip_invalid applies to TextVid pretraining"):
+        build_dataset(DataArguments(data_path="qa.csv", feature_folder=str(store), task="finetune",
+                                    skip_invalid=True), processor, 0, str(tmp_path / "run"))
