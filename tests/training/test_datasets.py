@@ -16,8 +16,8 @@ from topa_plugin.training.textvid_dataset import TextVidDataset
 from topa_plugin.training.collator import TopaCollator
 from topa_plugin.training.videoqa_dataset import VideoQADataset, read_video_qa
 from topa_plugin.features.writer import write_sharded
-from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
-from topa_plugin.textvid import TextVidError, read_textvid, sample_path, write_jsonl
+from topa_plugin.processing import IGNORE_INDEX
+from topa_plugin.textvid import TextVidError, sample_path, write_jsonl
 
 DIM = 16
 OPTIONS = ["cut the onion", "washed the pan", "opened the fridge", "poured the water", "left the kitchen"]
@@ -35,18 +35,6 @@ def random_frames(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, DIM, generator=g)
     return x / x.norm(dim=-1, keepdim=True)
-
-
-@pytest.fixture(scope="module")
-def processor(toy_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return TopaProcessor(AutoTokenizer.from_pretrained(toy_tokenizer_dir), max_feats=10)
-
-
-@pytest.fixture(scope="module")
-def records():
-    return read_textvid(sample_path())
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,12 @@ import json
 import pytest
 import torch
 
-from topa_plugin.textvid import TextVidError, read_textvid, sample_path
+from topa_plugin.textvid import TextVidError, sample_path
 from topa_plugin.training import textvid_dataset
 from topa_plugin.training.samples import DataError
 from topa_plugin.training.textvid_dataset import TextVidDataset
 
 from .test_datasets import random_frames, write_store
-
-
-@pytest.fixture(scope="module")
-def processor(toy_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from topa_plugin.processing import TopaProcessor
-
-    return TopaProcessor(AutoTokenizer.from_pretrained(toy_tokenizer_dir), max_feats=10)
-
-
-@pytest.fixture(scope="module")
-def records():
-    return read_textvid(sample_path())
 
 
 def samples(ds, epochs=2) -> list:
