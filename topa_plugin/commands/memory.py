@@ -12,7 +12,8 @@ def run_build(args) -> int:
     from topa_plugin.features.store import FeatureError, FeatureStore
 
     try:
-        memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed)
+        memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed,
+                                     args.allow_image_features)
     except (FeatureError, FileNotFoundError) as err:
         fail(f"{COMMAND} {args.memory_command}", str(err))
     if not args.all and args.size > stats["unique"]:
@@ -51,6 +52,8 @@ def register(subparsers) -> None:
     size.add_argument("--size", type=int, help="uniformly sample this many distinct frames")
     size.add_argument("--all", action="store_true", help="keep every distinct frame")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-image-features", action="store_true",
+                   help="accept a store of video (image) features; a TOPA memory holds text features")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=run_build)
 

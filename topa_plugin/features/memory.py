@@ -185,28 +185,45 @@ def _row_digests(rows: torch.Tensor) -> np.ndarray:
                          dtype=np.uint64).reshape(-1, 2)
 
 
-def _memory_rows(store: FeatureStore, idx: str) -> torch.Tensor:
-    """A record's frames as normalised fp16 memory rows; zero rows are an error."""
-    rows = store.get(idx)
+def _memory_rows(store: FeatureStore, ids: list[str]) -> torch.Tensor:
+    """Frames of consecutive records of one shard as normalised fp16 memory rows; zero rows are an error."""
+    parts = [store.get(idx) for idx in ids]
+    rows = torch.cat(parts)
     zero = (rows.abs().amax(dim=1) == 0).nonzero().flatten().tolist()
     if zero:
-        raise FeatureError(f"{store.directory}: record {idx!r}: frame(s) {zero} are zero vectors")
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        owner = int(np.searchsorted(starts, zero[0], side="right")) - 1
+        frames = [z - int(starts[owner]) for z in zero if starts[owner] <= z < starts[owner + 1]]
+        raise FeatureError(f"{store.directory}: record {ids[owner]!r}: frame(s) {frames} are zero vectors")
     return l2_normalize(rows).half()
 
 
-def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0) -> tuple[torch.Tensor, dict]:
+def check_text_store(store: FeatureStore, allow_image_features: bool) -> None:
+    """A memory bank holds text features; a store of video frames is refused unless asked for."""
+    if store.kind == "videos" and not allow_image_features:
+        raise FeatureError(f"{store.directory}: holds CLIP image features of videos (`topa features videos`); "
+                           "a memory bank holds text features (`topa features textvid` or `import-release`); "
+                           "pass --allow-image-features to build one from image features anyway")
+
+
+def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0,
+                 allow_image_features: bool = False) -> tuple[torch.Tensor, dict]:
     """A memory bank from a feature store: de-duplicated, normalised fp16 frame rows,
-    all of them (size None) or a uniform random sample of ``size`` (seeded), in store order."""
-    ids = store.ids()
-    digests, counts = [], []
-    for idx in ids:
-        rows = _memory_rows(store, idx)
-        digests.append(_row_digests(rows))
-        counts.append(rows.shape[0])
+    all of them (size None) or a uniform random sample of ``size`` (seeded), in store order.
+
+    Records are read a shard run at a time (vectorised, two passes), so memory holds one
+    shard's rows, a 16-byte digest per frame, and the bank."""
+    from tqdm.auto import tqdm
+
+    check_text_store(store, allow_image_features)
+    runs = store.runs()
+    digests = [_row_digests(_memory_rows(store, ids))
+               for ids in tqdm(runs, desc="memory: hashing frames", unit="shard", delay=2, dynamic_ncols=True)]
+    counts = [len(d) for d in digests]
     all_digests = np.concatenate(digests)
     _, first = np.unique(all_digests, axis=0, return_index=True)
     unique_rows = np.sort(first)
-    stats = {"records": len(ids), "frames": int(all_digests.shape[0]), "unique": len(unique_rows)}
+    stats = {"records": len(store), "frames": int(all_digests.shape[0]), "unique": len(unique_rows)}
     if size is not None and size < len(unique_rows):
         rng = np.random.default_rng(seed)
         unique_rows = np.sort(rng.choice(unique_rows, size=size, replace=False))
@@ -214,9 +231,10 @@ def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0) ->
     owner = np.searchsorted(offsets, unique_rows, side="right") - 1
     memory = torch.empty(len(unique_rows), store.dim, dtype=torch.float16)
     pos = 0
-    for record, n in zip(*np.unique(owner, return_counts=True)):
-        picked = torch.from_numpy(unique_rows[pos:pos + n] - offsets[record])
-        memory[pos:pos + n] = _memory_rows(store, ids[record])[picked]
+    for run, n in tqdm(list(zip(*np.unique(owner, return_counts=True))), desc="memory: collecting rows",
+                       unit="shard", delay=2, dynamic_ncols=True):
+        picked = torch.from_numpy(unique_rows[pos:pos + n] - offsets[run])
+        memory[pos:pos + n] = _memory_rows(store, runs[run])[picked]
         pos += n
     stats["rows"] = int(memory.shape[0])
     return memory, stats
