@@ -126,8 +126,20 @@ def extract_textvid(textvid: str | Path | TextVidSource, out_dir: str | Path, en
                     shard_size: int = 1000, dtype: str = "float16", skip_invalid: bool = False) -> Path:
     """CLIP text features of every TextVid frame (fused per frame) into a feature store.
 
-    ``textvid`` may be a path or the result of ``check_textvid`` (to check before loading CLIP).
-    With ``skip_invalid``, invalid records are left out and listed in ``<out>.rejects.jsonl``."""
+    Args:
+        textvid: the release ``textvid.json`` / a ``.jsonl`` path, or the result of
+            ``check_textvid`` (to check the file before loading CLIP).
+        out_dir: the store directory; rerunning the same call resumes it.
+        encoder: a ``ClipEncoder`` from ``load_clip``.
+        batch_size: captions per CLIP batch.
+        shard_size: records per shard file.
+        dtype: storage dtype, ``"float16"`` or ``"float32"``.
+        skip_invalid: leave invalid records out, listed in ``<out>.rejects.jsonl`` (default: fail,
+            naming every problem).
+
+    Returns:
+        the store's ``index.json``.
+    """
     source = textvid if isinstance(textvid, TextVidSource) else check_textvid(textvid, skip_invalid)
     header = {"kind": "textvid", "encoder": encoder.identity, "dim": encoder.embed_dim}
     return write_sharded(out_dir, header, source.keys, source, lambda recs: textvid_features(encoder, recs, batch_size),

@@ -87,6 +87,16 @@ def project_to_memory(frames: torch.Tensor, memory: torch.Tensor, temperature: f
     stays fp16 and is widened one chunk at a time. ``top_k`` keeps only each
     frame's k nearest rows (an approximation; measure it with ``top_k_error``). Zero
     frames always take the exact path, since a uniform softmax has no top k.
+
+    Args:
+        frames: unit-normalised features [..., F] (zero rows allowed: padding).
+        memory: the bank [N, F] of unit-normalised text features (fp16 or fp32).
+        temperature: the softmax temperature (100 in the release).
+        top_k: keep each frame's k nearest rows (None: exact).
+        max_chunk_elems: cap on the elements of any temporary (None: by device).
+
+    Returns:
+        unit-normalised projected features, shaped and typed like ``frames``.
     """
     if memory.ndim != 2 or memory.shape[0] == 0 or memory.shape[1] != frames.shape[-1]:
         raise ValueError(f"memory must be [N>=1, {frames.shape[-1]}], got {tuple(memory.shape)}")
@@ -146,7 +156,15 @@ def load_memory(path: str | os.PathLike, dtype: torch.dtype | None = None) -> to
     """Read a memory bank: ``.safetensors`` (key "memory") or the release's memory.pkl.
 
     The pickle goes through the restricted loader; rows are returned as stored
-    (the release keeps its rows as they are), cast to ``dtype`` if given."""
+    (the release keeps its rows as they are).
+
+    Args:
+        path: a ``.safetensors`` bank (``topa memory build|import``) or the release's ``memory.pkl``.
+        dtype: cast the rows to this dtype (default: as stored).
+
+    Raises:
+        ValueError: not a finite, non-empty [N, F] float matrix (naming the file).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"memory file not found: {path}")
@@ -212,7 +230,17 @@ def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0,
     all of them (size None) or a uniform random sample of ``size`` (seeded), in store order.
 
     Records are read a shard run at a time (vectorised, two passes), so memory holds one
-    shard's rows, a 16-byte digest per frame, and the bank."""
+    shard's rows, a 16-byte digest per frame, and the bank.
+
+    Args:
+        store: a finished feature store of TextVid text features.
+        size: how many distinct rows to keep (None: all).
+        seed: seeds the uniform sample.
+        allow_image_features: accept a store of video (image) features, which is not TOPA's bank.
+
+    Returns:
+        (memory [rows, D] fp16, stats with records / frames / unique / rows counts).
+    """
     from tqdm.auto import tqdm
 
     check_text_store(store, allow_image_features)
