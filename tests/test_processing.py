@@ -199,3 +199,8 @@ def test_tokenizer_without_ids_is_refused():
 
     with pytest.raises(ValueError, match="broken-tokenizer.*returns no ids"):
         TopaProcessor(Empty())
+
+
+def test_count_tokens_equals_encoding_each_text(processor):
+    texts = ["Question: What is it?\nAnswer", "</s> plain <s> text", "é 你好 \n\n tabs\tand  spaces", "", "x" * 300]
+    assert processor.count_tokens(texts) == [len(processor.encode_text(t)) for t in texts]

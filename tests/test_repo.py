@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CITED = re.compile(r"\b((?:topa_plugin|tests|docs|configs|benchmarks|examples|integration_tests|\.ci)/[\w./-]*\w)")
+# a cited path, not a glob (configs/zero*.json) and not a placeholder (configs/<recipe>.sh)
+CITED = re.compile(r"\b((?:topa_plugin|tests|docs|configs|benchmarks|examples|integration_tests|\.ci)/[\w./-]*\w)(?![\w*])")
 
 
 def tracked_text_files() -> list[Path]:

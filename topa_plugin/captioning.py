@@ -118,8 +118,16 @@ def caption_text(processor, protocol: CaptionProtocol, generated: list[int]) -> 
 
 def caption_video(model, video_features, protocol: str | CaptionProtocol = "msrvtt",
                   max_new_tokens: int | None = None, use_memory: bool | None = None) -> str:
-    """Caption one video ([T, F] raw CLIP features) with the authors' protocol; ``max_new_tokens``
-    and ``use_memory`` override the protocol's settings."""
+    """Caption one video with the authors' zero-shot captioning protocol (their notebooks).
+
+    Args:
+        model: a ``TopaForCausalLM`` with its processor.
+        video_features: raw per-frame CLIP features [T, F].
+        protocol: ``"msrvtt"`` (10 tokens, with memory), ``"vatex"`` (15 tokens, no memory) or a
+            ``CaptionProtocol``.
+        max_new_tokens: override the protocol's fixed length.
+        use_memory: override the protocol's memory setting.
+    """
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     processor = model._require_processor()
     prompt = encode_caption_prompt(processor, protocol)

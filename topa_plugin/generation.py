@@ -29,6 +29,16 @@ class TopaGenerationMixin:
         Single question: features [T, F], str, list[str] -> [C]. Batch: lists of each (or a
         [B, T, F] tensor) -> [B, C], scored together: one forward for the B shared prefixes,
         one for the B x C choice continuations.
+
+        Args:
+            video_features: raw per-frame CLIP features [T, F] (any T), or a list / [B, T, F] batch;
+                they are normalised, sampled to ``max_feats`` and projected here.
+            question: the question text (the release's normalisation is applied), or a list.
+            choices: the option texts (at least 2; the same count per question), or a list of lists.
+            use_memory: project the frames onto ``model.memory`` when one is loaded (zero-shot).
+
+        Returns:
+            CPU float tensor of mean token NLLs, [C] or [B, C]; the argmin is the prediction.
         """
         if isinstance(question, str):
             return self.score_choices([video_features], [question], [choices], use_memory)[0]
@@ -126,6 +136,14 @@ class TopaGenerationMixin:
         or summary ("Description:") template. ``prompt_text`` is used verbatim (callers may apply
         ``processor.normalize_question``). Stops at </s>, ``max_new_tokens`` or any ``until`` string.
         A list of texts (with a list of feature tensors) is decoded as one batch -> list of answers.
+
+        Args:
+            video_features: raw per-frame CLIP features [T, F], or a list of them for a batch.
+            prompt_text: the question (open_ended) or ignored text (summary), or a list.
+            max_new_tokens: decoding budget per answer.
+            until: stop strings; the answer is cut before the first one.
+            template: ``"open_ended"`` or ``"summary"``.
+            use_memory: project the frames onto ``model.memory`` when one is loaded.
         """
         if isinstance(prompt_text, str):
             return self.generate_answer([video_features], [prompt_text], max_new_tokens, until, template, use_memory)[0]

@@ -237,7 +237,13 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
 
     # ----- persistence -----
     def save_pretrained(self, save_directory, save_base: bool = False) -> None:
-        """config.json + trainables (+ fp16 memory, tokenizer files, and base/ LLM weights if ``save_base``)."""
+        """config.json + trainables (+ fp16 memory, tokenizer files, and base/ LLM weights if ``save_base``).
+
+        Args:
+            save_directory: the plugin directory to write (created if needed).
+            save_base: also write the frozen LLM under ``base/`` (a self-contained directory);
+                otherwise ``config.base_model_name_or_path`` must name it.
+        """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = copy.deepcopy(self.config)
@@ -259,7 +265,17 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         """Load a plugin directory; the base LLM comes from ``base/`` or ``base_model_name_or_path``.
 
         Local paths are read with ``local_files_only``; only a Hugging Face id as base may download.
-        ``torch_dtype`` applies to the LLM; the adapter stays float32.
+
+        Args:
+            pretrained_model_name_or_path: a plugin directory (``config.json`` + ``adapter_model.safetensors``).
+            torch_dtype: dtype of the frozen LLM (the adapter stays float32).
+            device: where to put the model (default: CPU).
+            load_memory: load ``memory.safetensors`` when the directory has one.
+
+        Raises:
+            FileNotFoundError: no plugin directory, or its base model is missing.
+            ValueError: the base model's shape differs from the config, or adapter keys or shapes
+                do not match (naming the file and key).
         """
         directory = Path(pretrained_model_name_or_path)
         if not (directory / "config.json").is_file():

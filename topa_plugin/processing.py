@@ -26,8 +26,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from topa_plugin.utils.constants import PROCESSOR_FILE
+
 IGNORE_INDEX = -100
-PROCESSOR_FILE = "topa_processor.json"
 
 MC_INSTRUCTION = "Choose the correct answer based on the video and question."
 SUMMARY_INSTRUCTION = "Generate a summary for the video."
@@ -41,6 +42,17 @@ SUMMARY_ANSWER_MARKER = "\nDescription"
 # When "?" is appended to a question: "keep_period" unless it ends in "?" or "." (the release's evaluation
 # prompts), "always" unless it ends in "?" (its TextVid training prompts: "... the task." -> "... the task.?").
 QUESTION_MARK_RULES = ("keep_period", "always")
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt before tokenisation: the instruction, the text after the video, where supervision
+    starts in that text (None: no labels) and whether ``</s>`` closes it."""
+
+    instruction: str
+    rest: str
+    answer_char: int | None
+    close: bool
 
 
 @dataclass
@@ -66,6 +78,7 @@ class TopaProcessor:
         self.tokenizer = tokenizer
         self.max_feats = int(max_feats)
         self.newline_text = newline_text
+        self._context_lengths: dict[str, int] = {}
         name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
         if tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {name!r} has no eos token; TOPA answers end with it")
@@ -108,18 +121,27 @@ class TopaProcessor:
             text += "?"
         return text
 
-    def _build(self, instruction: str, rest: str, answer_char: int | None, close: bool) -> TopaPrompt:
-        """Assemble ids and labels; ``answer_char`` is where supervision starts in ``rest`` (None: none)."""
+    def _head(self, instruction: str) -> list[int]:
         bos = [] if self.bos_id is None else [self.bos_id]
-        head = [*bos, *self.encode_text(f"Instruction: {instruction}\nVideo:")]
+        return [*bos, *self.encode_text(f"Instruction: {instruction}\nVideo:")]
+
+    def context_length(self, instruction: str) -> int:
+        """Tokens before the text part: <s>, the instruction line, the video slots and the newline."""
+        if instruction not in self._context_lengths:
+            self._context_lengths[instruction] = len(self._head(instruction)) + self.max_feats + 1
+        return self._context_lengths[instruction]
+
+    def build(self, template: PromptTemplate) -> TopaPrompt:
+        """Assemble ids and labels; supervision starts at ``template.answer_char`` of the rest (None: none)."""
+        head = self._head(template.instruction)
         video_start = len(head)
-        body = self.encode_text(rest)
-        tail = [self.eos_id] if close else []
+        body = self.encode_text(template.rest)
+        tail = [self.eos_id] if template.close else []
         input_ids = head + [self.placeholder_id] * self.max_feats + [self.newline_id] + body + tail
         n_context = len(input_ids) - len(body) - len(tail)
-        if answer_char is None:
+        if template.answer_char is None:
             return TopaPrompt(input_ids, [IGNORE_INDEX] * len(input_ids), video_start)
-        before = self.encode_text(rest[:answer_char])
+        before = self.encode_text(template.rest[:template.answer_char])
         n_shared = 0
         while n_shared < min(len(before), len(body)) and before[n_shared] == body[n_shared]:
             n_shared += 1
@@ -127,34 +149,62 @@ class TopaProcessor:
         labels = [IGNORE_INDEX] * first + input_ids[first:]
         return TopaPrompt(input_ids, labels, video_start)
 
-    def encode_multiple_choice(self, question: str, options: list[str], answer: int | None,
-                               question_mark: str = "keep_period") -> TopaPrompt:
-        """Multiple-choice prompt; ``answer=None`` stops after "The correct choice is" (no </s>, no labels)."""
+    def multiple_choice_template(self, question: str, options: list[str], answer: int | None,
+                                 question_mark: str = "keep_period") -> PromptTemplate:
         if not options:
             raise ValueError("multiple-choice prompt needs at least one option")
         lines = "".join(f"{choice_letter(i)} {option}\n" for i, option in enumerate(options))
         question = self.normalize_question(question, question_mark)
         rest = f"Question: {question}\nChoices: \n{lines}Answer: The correct choice is"
         if answer is None:
-            return self._build(MC_INSTRUCTION, rest, None, close=False)
+            return PromptTemplate(MC_INSTRUCTION, rest, None, close=False)
         if not 0 <= answer < len(options):
             raise ValueError(f"answer index {answer} out of range for {len(options)} options")
         marker = rest.rindex(MC_ANSWER_MARKER) + len(MC_ANSWER_MARKER)
-        return self._build(MC_INSTRUCTION, f"{rest} {choice_letter(answer)}", marker, close=True)
+        return PromptTemplate(MC_INSTRUCTION, f"{rest} {choice_letter(answer)}", marker, close=True)
+
+    def summary_template(self, caption: str | None = None) -> PromptTemplate:
+        if caption is None:
+            return PromptTemplate(SUMMARY_INSTRUCTION, "\nDescription:", None, close=False)
+        return PromptTemplate(SUMMARY_INSTRUCTION, f"\nDescription: {caption}\n", len(SUMMARY_ANSWER_MARKER), close=True)
+
+    def open_ended_template(self, question: str, answer: str | None = None,
+                            question_mark: str = "keep_period") -> PromptTemplate:
+        prefix = f"Question: {self.normalize_question(question, question_mark)}\n"
+        if answer is None:
+            return PromptTemplate(OPEN_ENDED_INSTRUCTION, prefix + "Answer:", None, close=False)
+        marker = len(prefix) + len(OPEN_ENDED_ANSWER_MARKER)
+        return PromptTemplate(OPEN_ENDED_INSTRUCTION, f"{prefix}Answer: {answer.strip()}\n", marker, close=True)
+
+    def encode_multiple_choice(self, question: str, options: list[str], answer: int | None,
+                               question_mark: str = "keep_period") -> TopaPrompt:
+        """Multiple-choice prompt; ``answer=None`` stops after "The correct choice is" (no </s>, no labels)."""
+        return self.build(self.multiple_choice_template(question, options, answer, question_mark))
 
     def encode_summary(self, caption: str | None = None) -> TopaPrompt:
         """Summary prompt; ``caption=None`` gives the generation prompt ending in "Description:"."""
-        if caption is None:
-            return self._build(SUMMARY_INSTRUCTION, "\nDescription:", None, close=False)
-        return self._build(SUMMARY_INSTRUCTION, f"\nDescription: {caption}\n", len(SUMMARY_ANSWER_MARKER), close=True)
+        return self.build(self.summary_template(caption))
 
-    def encode_open_ended(self, question: str, answer: str | None = None, question_mark: str = "keep_period") -> TopaPrompt:
+    def encode_open_ended(self, question: str, answer: str | None = None,
+                          question_mark: str = "keep_period") -> TopaPrompt:
         """Open-ended QA prompt; ``answer=None`` gives the generation prompt ending in "Answer:"."""
-        prefix = f"Question: {self.normalize_question(question, question_mark)}\n"
-        if answer is None:
-            return self._build(OPEN_ENDED_INSTRUCTION, prefix + "Answer:", None, close=False)
-        marker = len(prefix) + len(OPEN_ENDED_ANSWER_MARKER)
-        return self._build(OPEN_ENDED_INSTRUCTION, f"{prefix}Answer: {answer.strip()}\n", marker, close=True)
+        return self.build(self.open_ended_template(question, answer, question_mark))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """``len(encode_text(t))`` for each text, in one batched tokenizer call (straight to the Rust
+        tokenizer when there is one: the Python wrapper costs as much as the tokenizing)."""
+        if not texts:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or not hasattr(backend, "encode_special_tokens"):
+            ids = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            return [len(x) for x in ids]
+        previous = backend.encode_special_tokens
+        backend.encode_special_tokens = True  # what split_special_tokens=True sets
+        try:
+            return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        finally:
+            backend.encode_special_tokens = previous
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

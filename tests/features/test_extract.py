@@ -70,15 +70,15 @@ def test_sample_features_equal_a_direct_computation(sample_store, encoder):
     assert store.ids() == [r.idx for r in records] and len(store) == len(records)
     assert store.encoder == encoder.identity and store.dim == 768
     index = json.loads((sample_store / "index.json").read_text())
-    assert sorted({e["shard"] for e in index["records"].values()}) == [
-        f"shard-{i:05d}.safetensors" for i in range((len(records) + SHARD - 1) // SHARD)]
+    assert len(index["shards"]) == (len(records) + SHARD - 1) // SHARD
+    assert index["shard"] == [i // SHARD for i in range(len(records))]
     for r in records:
         expected = []
         for captions in r.captions_per_frame:
             mean = l2_normalize(encoder.encode_text(captions)).mean(0)
             expected.append(mean / mean.norm())
         got = store.get(r.idx)
-        assert got.dtype == torch.float32 and index["records"][r.idx]["frames"] == len(r.frames)
+        assert got.dtype == torch.float32 and store.n_frames[store.position(r.idx)] == len(r.frames)
         torch.testing.assert_close(got, torch.stack(expected), rtol=0, atol=2e-3)  # stored as fp16
     with pytest.raises(KeyError, match="no features for record 'nope'"):
         store.get("nope")
@@ -92,10 +92,11 @@ def test_killed_extraction_resumes_to_identical_shards(sample_store, toy_clip, t
     crashed = subprocess.run([sys.executable, "-m", "topa_plugin.cli", *args], capture_output=True, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1", CRASH_ENV: "1"}, timeout=300, check=False)
     assert crashed.returncode == 75, crashed.stderr
-    # one finished shard, one half-written shard under a temp name, no index yet
-    progress = json.loads((out / "progress.json").read_text())
-    assert progress["done"] == ["shard-00000.safetensors"]
-    assert (out / "shard-00001.safetensors.tmp").exists() and not (out / "shard-00001.safetensors").exists()
+    # one finished shard (logged after the header), one half-written shard under a temp name, no index yet
+    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert len(progress) == 2 and "header" in progress[0]
+    assert [p.name for p in out.glob("shard-*.safetensors")] == [progress[1]["name"]]
+    assert len(list(out.glob("shard-*.safetensors.tmp"))) == 1
     assert not (out / "index.json").exists()
     with pytest.raises(FeatureError, match="incomplete"):
         FeatureStore(out)
@@ -108,12 +109,14 @@ def test_killed_extraction_resumes_to_identical_shards(sample_store, toy_clip, t
         assert (out / name).read_bytes() == (sample_store / name).read_bytes(), name
 
 
-def test_rerun_is_a_no_op_and_other_settings_are_refused(sample_store, encoder, tmp_path):
+def test_rerun_is_a_no_op_and_other_settings_are_refused(sample_store, encoder, tmp_path, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in sample_store.iterdir()}
     extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=SHARD)
+    extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=8)  # shards are keyed by content
+    assert capsys.readouterr().out.count("already complete (60 entries)") == 2
     assert {p.name: p.stat().st_mtime_ns for p in sample_store.iterdir()} == before
-    with pytest.raises(FeatureError, match=r"index\.json.*shard_size: 16 there, 8 now"):
-        extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=8)
+    with pytest.raises(FeatureError, match=r"index\.json.*dtype: 'float16' there, 'float32' now"):
+        extract_textvid(sample_path(), sample_store, encoder, batch_size=32, shard_size=SHARD, dtype="float32")
 
 
 # ---------------------------------------------------------------- release import
@@ -256,3 +259,85 @@ def test_video_features_decode_a_bounded_window(videos, encoder, monkeypatch):
         assert torch.equal(tensor, expected), stem
     again = video_features(encoder, paths, 8, batch_size=4, workers=3)
     assert all(torch.equal(again[k], got[k]) for k in got)
+
+
+# ---------------------------------------------------------------- skip and report
+
+def clip_args(toy_clip) -> list[str]:
+    return ["--clip-model", str(toy_clip[0]), "--clip-pretrained", str(toy_clip[1]), "--device", "cpu",
+            "--batch-size", "32", "--shard-size", str(SHARD)]
+
+
+@pytest.fixture
+def two_bad_records(tmp_path):
+    """The sample with record 3's answer broken and record 9 repeating record 0's id."""
+    lines = sample_path().read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[3])
+    bad["QAs"][0]["answer"] = "F"
+    lines[3] = json.dumps(bad)
+    dup = json.loads(lines[9])
+    dup["idx"] = json.loads(lines[0])["idx"]
+    lines[9] = json.dumps(dup)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, dup["idx"]
+
+
+def test_invalid_records_stop_extraction_before_clip_loads(two_bad_records, tmp_path, capsys):
+    path, _ = two_bad_records
+    args = ["features", "textvid", "--textvid", str(path), "--out", str(tmp_path / "out"),
+            "--clip-model", str(tmp_path / "no-such-clip.json"), "--clip-pretrained", str(tmp_path / "none")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "record 3" in err and "QAs[0].answer" in err and "record 9" in err and "duplicate id" in err
+    assert "no-such-clip" not in err and not (tmp_path / "out").exists()
+
+
+def test_skip_invalid_leaves_records_out_and_lists_them(two_bad_records, toy_clip, sample_store, tmp_path, capsys):
+    path, dup_id = two_bad_records
+    out = tmp_path / "out"
+    with one_thread():
+        assert main(["features", "textvid", "--textvid", str(path), "--out", str(out), *clip_args(toy_clip),
+                     "--skip-invalid"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"wrote {out / 'index.json'}: 58 entries in 4 shard(s); 2 left out, listed in {out}.rejects.jsonl"
+    rejects = [json.loads(line) for line in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
+    assert [(r["record"], r["line"], r["id"]) for r in rejects] == [(3, 4, rejects[0]["id"]), (9, 10, dup_id)]
+    assert "QAs[0].answer" in rejects[0]["problems"][0] and "duplicate id" in rejects[1]["problems"][0]
+    store, reference = FeatureStore(out), FeatureStore(sample_store)
+    records = read_textvid(sample_path())
+    assert store.ids() == [r.idx for i, r in enumerate(records) if i not in (3, 9)]
+    for idx in store.ids():  # the same features as extracting the valid file
+        assert torch.equal(store.get(idx), reference.get(idx))
+
+
+def test_a_renamed_identical_file_is_the_same_extraction(sample_store, encoder, tmp_path, capsys):
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_bytes(sample_path().read_bytes())
+    before = {p.name: p.stat().st_mtime_ns for p in sample_store.iterdir()}
+    extract_textvid(renamed, sample_store, encoder, batch_size=32, shard_size=SHARD)
+    assert "already complete" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in sample_store.iterdir()} == before
+
+
+def test_undecodable_videos_stop_or_are_skipped_and_listed(videos, encoder, toy_clip, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("long.mp4", "short.mp4"):
+        (folder / name).write_bytes((videos / name).read_bytes())
+    (folder / "broken.mp4").write_bytes(b"not a video" * 50)
+    out = tmp_path / "out"
+    args = ["features", "videos", "--videos", str(folder), "--out", str(out), "--frames", "4", *clip_args(toy_clip)]
+    assert main(args) == 2
+    assert "broken.mp4: cannot decode" in capsys.readouterr().err
+    assert main([*args, "--skip-invalid"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"2 entries in 1 shard(s); 1 left out, listed in {out}.rejects.jsonl")
+    reject = json.loads((tmp_path / "out.rejects.jsonl").read_text())
+    assert reject["id"] == "broken" and "broken.mp4: cannot decode" in reject["reason"]
+    assert FeatureStore(out).ids() == ["long", "short"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (folder / "broken.mp4").unlink()  # removing the bad video keeps every finished shard
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")} == {
+        k: v for k, v in before.items() if k.startswith("shard-")}
+    assert FeatureStore(out).ids() == ["long", "short"] and not (tmp_path / "out.rejects.jsonl").exists()

@@ -86,3 +86,31 @@ def test_memory_import_command(tmp_path, capsys):
     assert main(["memory", "import", "--pkl", str(tmp_path / "evil.pkl"), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "evil.pkl" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_image_feature_stores_need_an_explicit_flag(tmp_path, capsys):
+    tensors = {f"v{i}": torch.randn(3, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)}
+    path = tmp_path / "videos"
+    write_sharded(path, {"kind": "videos", "encoder": "test", "dim": 16, "frames": 3}, list(tensors), list(tensors),
+                  lambda keys: {k: tensors[k] for k in keys}, 2, dtype="float32")
+    with pytest.raises(FeatureError, match="image features of videos"):
+        build_memory(FeatureStore(path))
+    args = ["memory", "build", "--features", str(path), "--all", "--out", str(tmp_path / "m.safetensors")]
+    assert main(args) == 2
+    assert "--allow-image-features" in capsys.readouterr().err
+    assert main([*args, "--allow-image-features"]) == 0
+    assert load_memory(tmp_path / "m.safetensors").shape == (12, 16)
+
+
+def test_shard_runs_give_the_bank_of_record_by_record_reading(store, tmp_path):
+    """Reading a shard at a time is an implementation detail: rows and order equal per-record reading."""
+    store, _ = store
+    memory, _ = build_memory(store)
+    rows = torch.cat([l2_normalize(store.get(idx)).half() for idx in store.ids()])
+    seen, expected = set(), []
+    for row in rows:
+        key = tuple(row.tolist())
+        if key not in seen:
+            seen.add(key)
+            expected.append(row)
+    assert torch.equal(memory, torch.stack(expected))

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from topa_plugin.features.writer import write_sharded
-from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
-from topa_plugin.textvid import TextVidError, read_textvid, sample_path
+from topa_plugin.processing import IGNORE_INDEX
+from topa_plugin.textvid import TextVidError, sample_path, write_jsonl
 from topa_plugin.training.collator import TopaCollator
 from topa_plugin.training.samples import MULTIPLE_CHOICE, OPEN_ENDED, SUMMARY, DataError, balance_options, caption_slot_task
 from topa_plugin.training.textvid_dataset import TextVidDataset
@@ -35,18 +35,6 @@ def random_frames(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, DIM, generator=g)
     return x / x.norm(dim=-1, keepdim=True)
-
-
-@pytest.fixture(scope="module")
-def processor(toy_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return TopaProcessor(AutoTokenizer.from_pretrained(toy_tokenizer_dir), max_feats=10)
-
-
-@pytest.fixture(scope="module")
-def records():
-    return read_textvid(sample_path())
 
 
 @pytest.fixture(scope="module")
@@ -144,16 +132,18 @@ def test_textvid_samples_mix_tasks_and_supervise_only_answers(processor, records
     assert set(tasks) == {MULTIPLE_CHOICE, SUMMARY, OPEN_ENDED}
 
 
-def test_textvid_answer_balancing_moves_the_correct_letter(processor, records, textvid_store):
+def test_textvid_answer_balancing_moves_the_correct_letter(processor, records, textvid_store, tmp_path):
     """Balanced, the supervised letter varies; unbalanced it always equals the record's answer."""
     record, qa = next((r, q) for r in records for q in r.qas
                       if not any(w in q.answer_text.lower() for w in ("both", "all", "none", "and")))
-    one_qa = dataclasses.replace(record, qas=[qa])
+    one_qa = write_jsonl(tmp_path / "one.jsonl", [dataclasses.replace(record, qas=[qa])])
     letters = {}
     for balance in (True, False):
-        ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, answer_balance=balance, seed=1)
-        ds.records = [one_qa] * 200
-        texts = [processor.decode(ds[i]["input_ids"].tolist()) for i in range(200)]
+        ds = TextVidDataset(one_qa, textvid_store, processor, max_seq_len=512, answer_balance=balance, seed=1)
+        texts = []
+        for epoch in range(200):  # each epoch's visit draws its own option order
+            ds.set_epoch(epoch)
+            texts.append(processor.decode(ds[0]["input_ids"].tolist()))
         letters[balance] = collections.Counter(t.rstrip()[-2] for t in texts if "Choose the correct answer" in t)
     assert set(letters[False]) == {qa.answer}
     assert len(letters[True]) >= 3
@@ -168,8 +158,8 @@ def test_textvid_questions_follow_the_release_question_mark_rule(processor, reco
     seen = collections.Counter()
     for rule, extra in (("always", {}), ("keep_period", {"question_mark": "keep_period"})):
         ds = TextVidDataset(sample_path(), textvid_store, processor, max_seq_len=512, seed=0, **extra)
-        ds.records = [one_qa] * 40
-        for i in range(40):
+        ds.record = lambda index: one_qa  # every visit reads the edited record
+        for i in range(min(40, len(ds))):
             for sample in (ds[i], ds[i]["caption"]):
                 text = processor.decode(sample["input_ids"].tolist())
                 if "Question:" in text:
@@ -252,7 +242,7 @@ def test_overlong_skip_leaves_out_only_the_reported_qas_and_says_so(processor, r
     usable = {r: [q for q in range(len(rec.qas)) if (r, q) not in bad] for r, rec in enumerate(records)}
     kept = [r for r in range(len(records)) if usable[r]]
     assert len(kept) < len(records)  # some record loses every QA: the positions below must shift
-    assert [rec.idx for rec in ds.records] == [records[r].idx for r in kept]
+    assert [ds.record(i).idx for i in range(len(ds))] == [records[r].idx for r in kept]
     assert f"{len(bad)} QA(s) and {len(records) - len(kept)} record(s)" in caplog.text
     for epoch in range(3):
         ds.set_epoch(epoch)
@@ -286,15 +276,15 @@ def test_missing_features_fail_fast(processor, records, tmp_path):
     store = write_store(tmp_path / "store", features)
     with pytest.raises(DataError) as err:
         TextVidDataset(sample_path(), store, processor)
-    assert f"record 0 (idx {records[0].idx!r})" in str(err.value) and "idx: not in the feature index" in str(err.value)
+    assert f"record 0 (id {records[0].idx!r}): idx: not in the feature index" in str(err.value)
 
 
-def test_feature_rows_must_match_the_record_frames(processor, records, tmp_path):
+def test_feature_rows_must_match_the_record_frames_at_construction(processor, records, tmp_path):
     features = {r.idx: random_frames(len(r.frames), 0) for r in records}
     features[records[2].idx] = random_frames(len(records[2].frames) + 1, 0)
-    ds = TextVidDataset(sample_path(), write_store(tmp_path / "store", features), processor, max_seq_len=512)
-    with pytest.raises(DataError, match=r"record 2 .*: frames: "):
-        ds[2]
+    with pytest.raises(DataError, match=rf"record 2 .*: frames: {len(records[2].frames)} frames but "
+                                        rf"{len(records[2].frames) + 1} feature rows"):
+        TextVidDataset(sample_path(), write_store(tmp_path / "store", features), processor, max_seq_len=512)
 
 
 # ---------------------------------------------------------------- collator

@@ -41,26 +41,31 @@ def _encoder(args):
 
 def _report(args, run) -> int:
     """Check --out, then run a job; input errors (``commands.input_errors``) become one clear line, exit 2."""
+    from topa_plugin.features.writer import store_summary
+
     out = Path(args.out)
     is_store = out.is_dir() and any(p.match(pattern) for p in out.iterdir() for pattern in STORE_FILES)
     check_output_dir(f"{COMMAND} {args.features_command}", out, ("*",) if is_store else ())
     index = run()
-    print(f"wrote {index}")
+    print(f"wrote {index}: {store_summary(index)}")
     return 0
 
 
 def run_textvid(args) -> int:
-    from topa_plugin.features.extract import extract_textvid
+    from topa_plugin.features.extract import check_textvid, extract_textvid
 
-    return _report(args, lambda: extract_textvid(args.textvid, args.out, _encoder(args), args.batch_size,
-                                           args.shard_size, args.dtype))
+    def run():
+        source = check_textvid(args.textvid, args.skip_invalid)  # before CLIP loads
+        return extract_textvid(source, args.out, _encoder(args), args.batch_size, args.shard_size, args.dtype)
+
+    return _report(args, run)
 
 
 def run_videos(args) -> int:
     from topa_plugin.features.extract import extract_videos
 
     return _report(args, lambda: extract_videos(args.videos, args.out, _encoder(args), args.frames, args.batch_size,
-                                          args.shard_size, args.dtype, args.workers))
+                                          args.shard_size, args.dtype, args.workers, args.skip_invalid))
 
 
 def run_import_release(args) -> int:
@@ -68,6 +73,11 @@ def run_import_release(args) -> int:
 
     return _report(args, lambda: import_release(args.textvid, args.features_dir, args.out, args.encoder,
                                           args.shard_size, args.dtype))
+
+
+def _add_skip_invalid(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--skip-invalid", action="store_true",
+                   help=f"leave out {what} and list each, with why, in <out>.rejects.jsonl (default: stop, naming all)")
 
 
 def register(subparsers) -> None:
@@ -78,6 +88,7 @@ def register(subparsers) -> None:
     p.add_argument("--textvid", required=True, help="release textvid.json or .jsonl")
     _add_common(p, shard_size=1000)
     _add_encoder(p, batch_size=256)
+    _add_skip_invalid(p, "invalid records")
     p.set_defaults(func=run_textvid)
 
     p = sub.add_parser("videos", help="CLIP image features of uniformly sampled video frames")
@@ -87,6 +98,7 @@ def register(subparsers) -> None:
                    help="decoding processes (default: min(8, cores); 0 decodes in the main process)")
     _add_common(p, shard_size=256)
     _add_encoder(p, batch_size=64)
+    _add_skip_invalid(p, "videos that cannot be decoded")
     p.set_defaults(func=run_videos)
 
     p = sub.add_parser("import-release", help="convert the release's features/{idx}.pkl into a store")

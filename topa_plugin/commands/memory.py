@@ -12,7 +12,8 @@ def run_build(args) -> int:
     from topa_plugin.features.store import FeatureStore
 
     check_output_file(f"{COMMAND} build", args.out)
-    memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed)
+    memory, stats = build_memory(FeatureStore(args.features), None if args.all else args.size, args.seed,
+                                 args.allow_image_features)
     if not args.all and args.size > stats["unique"]:
         print(f"note: only {stats['unique']} distinct frames, fewer than --size {args.size}; using all of them")
     save_memory(memory, args.out)
@@ -45,6 +46,8 @@ def register(subparsers) -> None:
     size.add_argument("--size", type=positive_int, help="uniformly sample this many distinct frames")
     size.add_argument("--all", action="store_true", help="keep every distinct frame")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-image-features", action="store_true",
+                   help="accept a store of video (image) features; a TOPA memory holds text features")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=run_build)
 

@@ -13,28 +13,42 @@ from pathlib import Path
 
 from topa_plugin.commands import fail
 from topa_plugin.textvid.backends import BackendError, make_backend
-from topa_plugin.textvid.generate import BUILTIN_SOURCES, GenerateOptions, GenerationError, generate
-from topa_plugin.textvid.records import TextVidError, compute_stats, read_textvid
+from topa_plugin.textvid.generate import (
+    BUILTIN_SOURCES,
+    GenerateOptions,
+    GenerationError,
+    generate,
+)
+from topa_plugin.textvid.records import TextVidError, record_of, scan_textvid
+from topa_plugin.textvid.stats import TextVidStats
 
 COMMAND = "textvid"
 
 
-def _read(action: str, path: str):
-    """Records; every problem is printed (exit 1) or the unreadable file named (exit 2)."""
+def _read(action: str, path: str) -> dict:
+    """Statistics of a valid file, read as a stream; every problem is printed as it is found
+    (then exit 1) or the unreadable file named (exit 2)."""
+    stats, problems = TextVidStats(), 0
     try:
-        return read_textvid(path)
+        for item, found in scan_textvid(path, desc=f"{action} {Path(path).name}"):
+            for problem in found:
+                print(problem)
+            problems += len(found)
+            if not found:
+                stats.add(record_of(item))
     except TextVidError as err:
         for problem in err.problems:
             print(problem)
-        noun = "problem" if len(err.problems) == 1 else "problems"
-        fail(f"{COMMAND} {action}", f"{path}: {len(err.problems)} {noun}", status=1)
+        problems += len(err.problems)
     except OSError as err:
         fail(f"{COMMAND} {action}", f"{path}: {err.strerror}" if err.strerror else str(err))
+    if problems:
+        fail(f"{COMMAND} {action}", f"{path}: {problems} {'problem' if problems == 1 else 'problems'}", status=1)
+    return stats.result()
 
 
 def run_validate(args) -> int:
-    records = _read("validate", args.file)
-    stats = compute_stats(records)
+    stats = _read("validate", args.file)
     print(f"OK: {args.file}: {stats['records']} records, {stats['frames']} frames, "
           f"{stats['captions']} captions, {stats['qas']} QAs")
     return 0
@@ -57,8 +71,7 @@ def _print_stats(path: str, stats: dict) -> None:
 
 
 def run_stats(args) -> int:
-    records = _read("stats", args.file)
-    stats = compute_stats(records)
+    stats = _read("stats", args.file)
     if args.json:
         print(json.dumps({"file": args.file, **stats}, indent=2))
     else:

@@ -153,16 +153,17 @@ def fan_in_rescale(model: torch.nn.Module, generator: torch.Generator | None = N
         model.get_output_embeddings().weight.mul_(4.0)
 
 
-def toy_clip_config(embed_dim: int = 768) -> dict:
+def toy_clip_config(embed_dim: int = 768, text_width: int = 64) -> dict:
     """An open_clip model config for a tiny ViT CLIP with the real text tokenizer and ``embed_dim`` outputs."""
     return {
         "embed_dim": embed_dim,
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": text_width, "heads": 2, "layers": 2},
     }
 
 
-def build_toy_clip(out_dir: str | Path, embed_dim: int = 768, seed: int = 0, name: str = "topa-toy-clip") -> tuple[Path, Path]:
+def build_toy_clip(out_dir: str | Path, embed_dim: int = 768, seed: int = 0, name: str = "topa-toy-clip",
+                   text_width: int = 64) -> tuple[Path, Path]:
     """Write a tiny random open_clip CLIP as (model-config JSON, weights file).
 
     The config file's stem is the model name open_clip registers it under.
@@ -173,9 +174,10 @@ def build_toy_clip(out_dir: str | Path, embed_dim: int = 768, seed: int = 0, nam
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / f"{name}.json"
-    config_path.write_text(json.dumps(toy_clip_config(embed_dim), indent=2) + "\n")
+    config = toy_clip_config(embed_dim, text_width)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**toy_clip_config(embed_dim))
+    model = open_clip.CLIP(**config)
     weights_path = out_dir / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_path))
     return config_path, weights_path

@@ -124,12 +124,21 @@ class DecodePool:
                 q.close()
         self._tasks = self._results = None
 
-    def imap(self, jobs: Iterable[VideoJob], ahead: int | Callable[[], int]) -> Iterator[Decoded]:
+    def imap(self, jobs: Iterable[VideoJob], ahead: int | Callable[[], int],
+             failures: bool = False) -> Iterator[Decoded | VideoJobError]:
         """Results in job order, with at most ``ahead`` (>= 1) jobs submitted and not yet yielded;
-        a callable ``ahead`` is asked each time (a consumer holding results shrinks the window)."""
+        a callable ``ahead`` is asked each time (a consumer holding results shrinks the window).
+        A job that fails raises its ``VideoJobError``, or with ``failures`` is yielded in its place
+        (``--skip-invalid``); a worker that dies always raises."""
         if self.workers == 0:
             for job in jobs:
-                result = run_job(job, self.threads)
+                try:
+                    result = run_job(job, self.threads)
+                except VideoJobError as err:
+                    if not failures:
+                        raise
+                    yield err
+                    continue
                 _log(result)
                 yield result
             return
@@ -157,7 +166,10 @@ class DecodePool:
                 del paths[consumed]
                 consumed += 1
                 if not ok:
-                    raise value
+                    if not failures:
+                        raise value
+                    yield value
+                    continue
                 _log(value)
                 yield value
         except BaseException:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ import torch
 from topa_plugin.features.store import FeatureError
 from topa_plugin.features.transforms import l2_normalize
 from topa_plugin.features.writer import write_sharded
-from topa_plugin.utils.hashing import file_sha256
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+# Size of the per-record content digests that key finished shards (64 bits).
+DIGEST_BYTES = 8
 
 
 def fuse_frames(caption_rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
@@ -39,30 +42,109 @@ def encode_unique(encoder, texts: Sequence[str], batch_size: int) -> torch.Tenso
     return embeddings[torch.tensor([position[t] for t in texts], dtype=torch.long)]
 
 
+def _split_records(fused: torch.Tensor, records) -> dict[str, torch.Tensor]:
+    """Consecutive frame rows of ``fused`` per record id."""
+    return dict(zip((r.idx for r in records), fused.split([len(r.frames) for r in records])))
+
+
 def textvid_features(encoder, records, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Fused frame features [n_frames, D] per record id, one encoder pass for all captions."""
     captions = [c for r in records for frame in r.captions_per_frame for c in frame]
     counts = [len(frame) for r in records for frame in r.captions_per_frame]
-    fused = fuse_frames(encode_unique(encoder, captions, batch_size), counts)
-    out, start = {}, 0
-    for r in records:
-        out[r.idx] = fused[start:start + len(r.frames)]
-        start += len(r.frames)
-    return out
+    return _split_records(fuse_frames(encode_unique(encoder, captions, batch_size), counts), records)
 
 
+def caption_digest(record) -> str:
+    """Digest of what a record's text features depend on: its captions, frame by frame."""
+    data = json.dumps(record.captions_per_frame, ensure_ascii=False).encode("utf-8")
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
 
-def extract_textvid(textvid: str | Path, out_dir: str | Path, encoder, batch_size: int = 256,
-                    shard_size: int = 1000, dtype: str = "float16") -> Path:
-    """CLIP text features of every TextVid frame (fused per frame) into a feature store."""
-    from topa_plugin.textvid.records import read_textvid
 
-    records = read_textvid(textvid)
-    header = {"kind": "textvid", "encoder": encoder.identity, "dim": encoder.embed_dim,
-              "source": {"file": Path(textvid).name, "sha256": file_sha256(textvid)}}
-    return write_sharded(out_dir, header, [r.idx for r in records], records,
-                         lambda recs: textvid_features(encoder, recs, batch_size),
-                         shard_size, dtype, desc="textvid features", unit="rec")
+@dataclass
+class TextVidSource:
+    """A TextVid file checked record by record: the usable records' places in the file, ids and
+    content digests, and the records left out (``--skip-invalid``) with every problem of each.
+    Indexing it reads one record back from its byte span, so a shard holds its records only."""
+
+    path: Path
+    spans: tuple[array, array, array]  # position in the file, byte offset, byte size (compact at 721k)
+    keys: list[str]
+    digests: list[str]
+    rejected: list[dict]
+    digest: Callable = caption_digest
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int):
+        from topa_plugin.textvid.records import read_record
+
+        position, offset, size = (column[i] for column in self.spans)
+        record = read_record(self.path, offset, size)
+        if record.idx != self.keys[i] or self.digest(record) != self.digests[i]:
+            raise FeatureError(f"{self.path}: record {position} (id {self.keys[i]!r}) changed after the file was "
+                               "checked; rerun the command")
+        return record
+
+
+def check_textvid(textvid: str | Path, skip_invalid: bool = False, digest: Callable = caption_digest
+                  ) -> TextVidSource:
+    """Read a TextVid file once, before any model loads: every problem is raised together,
+    or with ``skip_invalid`` the invalid records are set aside (a file that stops parsing
+    part-way is an error either way: the records after the break are unknown)."""
+    from topa_plugin.textvid.records import (
+        Problem,
+        TextVidError,
+        record_of,
+        scan_textvid,
+    )
+
+    path = Path(textvid)
+    source = TextVidSource(path, (array("q"), array("q"), array("q")), [], [], [], digest)
+    problems, broken = [], []
+    for item, found in scan_textvid(path, desc=f"checking {path.name}"):
+        if item is None:
+            broken += found
+        elif found:
+            problems += found
+            source.rejected.append({"source": str(path), "record": item.index, "line": item.line,
+                                    "id": found[0].id, "problems": [str(p) for p in found]})
+        else:
+            record = record_of(item)
+            for column, value in zip(source.spans, (item.index, item.offset, item.size)):
+                column.append(value)
+            source.keys.append(record.idx)
+            source.digests.append(digest(record))
+    if broken or (problems and not skip_invalid):
+        raise TextVidError(broken + problems if not skip_invalid else broken)
+    if not source.keys:
+        raise TextVidError([Problem(str(path), None, None, None, "no usable records")])
+    return source
+
+
+def extract_textvid(textvid: str | Path | TextVidSource, out_dir: str | Path, encoder, batch_size: int = 256,
+                    shard_size: int = 1000, dtype: str = "float16", skip_invalid: bool = False) -> Path:
+    """CLIP text features of every TextVid frame (fused per frame) into a feature store.
+
+    Args:
+        textvid: the release ``textvid.json`` / a ``.jsonl`` path, or the result of
+            ``check_textvid`` (to check the file before loading CLIP).
+        out_dir: the store directory; rerunning the same call resumes it.
+        encoder: a ``ClipEncoder`` from ``load_clip``.
+        batch_size: captions per CLIP batch.
+        shard_size: records per shard file.
+        dtype: storage dtype, ``"float16"`` or ``"float32"``.
+        skip_invalid: leave invalid records out, listed in ``<out>.rejects.jsonl`` (default: fail,
+            naming every problem).
+
+    Returns:
+        the store's ``index.json``.
+    """
+    source = textvid if isinstance(textvid, TextVidSource) else check_textvid(textvid, skip_invalid)
+    header = {"kind": "textvid", "encoder": encoder.identity, "dim": encoder.embed_dim}
+    return write_sharded(out_dir, header, source.keys, source, lambda recs: textvid_features(encoder, recs, batch_size),
+                         shard_size, dtype, desc="textvid features", unit="rec", digests=source.digests,
+                         rejected=source.rejected)
 
 
 def list_videos(videos: str | Path) -> list[Path]:
@@ -104,19 +186,21 @@ def video_keys(paths: Sequence[Path]) -> list[str]:
 
 
 def video_features(encoder, paths: Sequence[Path], num_frames: int, batch_size: int = 64,
-                   workers: int | None = None) -> dict[str, torch.Tensor]:
+                   workers: int | None = None, undecodable: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Normalised CLIP image features [n_frames, D] per video stem.
 
     ``workers`` processes (``DecodePool``; default min(8, cores), 0: in this process) decode a
     few videos ahead with the exact seeking reader while frames are encoded as full batches fill
     up, so memory holds a few decoded videos, not a whole shard of full-resolution frames (256 HD
     videos x 10 frames is tens of GB). The batches are the ones encoding all frames at once would
-    use, so the features do not depend on ``workers``."""
+    use, so the features do not depend on ``workers``. With ``undecodable`` given, a video that
+    cannot be decoded is left out and its reason recorded there."""
     from PIL import Image
 
-    from topa_plugin.features.decode_pool import DecodePool, VideoJob
+    from topa_plugin.features.decode_pool import DecodePool, VideoJob, VideoJobError
 
     lengths: list[int] = []
+    stems: list[str] = []
     pending: list = []
     encoded: list[torch.Tensor] = []
 
@@ -127,26 +211,38 @@ def video_features(encoder, paths: Sequence[Path], num_frames: int, batch_size: 
             encoded.append(encoder.encode_images(batch, batch_size=batch_size))
 
     with DecodePool(workers) as pool:
-        for result in pool.imap((VideoJob(str(p), num_frames) for p in paths), ahead=pool.workers + 1):
+        jobs = (VideoJob(str(p), num_frames) for p in paths)
+        for path, result in zip(paths, pool.imap(jobs, ahead=pool.workers + 1, failures=undecodable is not None)):
+            if isinstance(result, VideoJobError):
+                undecodable[path.stem] = str(result)
+                continue
+            stems.append(path.stem)
             lengths.append(len(result.frames))
             pending.extend(Image.fromarray(frame) for frame in result.frames)
             encode(final=False)
     encode(final=True)
     embeddings = l2_normalize(torch.cat(encoded)) if encoded else torch.empty(0, encoder.embed_dim)
-    return dict(zip((p.stem for p in paths), embeddings.split(lengths)))
+    return dict(zip(stems, embeddings.split(lengths)))
 
 
 def extract_videos(videos: str | Path, out_dir: str | Path, encoder, num_frames: int, batch_size: int = 64,
-                   shard_size: int = 256, dtype: str = "float16", workers: int | None = None) -> Path:
-    """CLIP image features of uniformly sampled frames of real videos into a feature store."""
+                   shard_size: int = 256, dtype: str = "float16", workers: int | None = None,
+                   skip_invalid: bool = False) -> Path:
+    """CLIP image features of uniformly sampled frames of real videos into a feature store.
+
+    A video's features are keyed by its name and size, so removing videos keeps finished shards.
+    With ``skip_invalid``, undecodable videos are left out and listed in ``<out>.rejects.jsonl``."""
     paths = list_videos(videos)
     keys = video_keys(paths)
-    listing = json.dumps([[k, p.name, p.stat().st_size] for k, p in zip(keys, paths)])
-    header = {"kind": "videos", "encoder": encoder.identity, "dim": encoder.embed_dim, "frames": num_frames,
-              "source": {"videos": hashlib.sha256(listing.encode()).hexdigest()}}
+    digests = [hashlib.blake2b(json.dumps([p.name, p.stat().st_size]).encode(), digest_size=DIGEST_BYTES).hexdigest()
+               for p in paths]
+    header = {"kind": "videos", "encoder": encoder.identity, "dim": encoder.embed_dim, "frames": num_frames}
+
+    undecodable: dict[str, str] | None = {} if skip_invalid else None
     return write_sharded(out_dir, header, keys, paths,
-                         lambda ps: video_features(encoder, ps, num_frames, batch_size, workers),
-                         shard_size, dtype, desc="video features", unit="video")
+                         lambda ps: video_features(encoder, ps, num_frames, batch_size, workers, undecodable),
+                         shard_size, dtype, desc="video features", unit="video", digests=digests,
+                         left_out=undecodable)
 
 
 def load_release_rows(path: Path, record) -> torch.Tensor:
@@ -169,34 +265,36 @@ def load_release_rows(path: Path, record) -> torch.Tensor:
 
 
 def release_features(features_dir: Path, records, dim: int) -> dict[str, torch.Tensor]:
-    out = {}
+    """Fused frame features of the records' release files, fused for all records at once."""
+    rows, counts = [], []
     for r in records:
         path = features_dir / f"{r.idx}.pkl"
-        rows = load_release_rows(path, r)
-        if rows.shape[1] != dim:
-            raise FeatureError(f"{path}: record {r.idx!r}: rows are {rows.shape[1]}-d, expected {dim}")
-        out[r.idx] = fuse_frames(rows, [len(frame) for frame in r.frames])
-    return out
+        rows.append(load_release_rows(path, r))
+        if rows[-1].shape[1] != dim:
+            raise FeatureError(f"{path}: record {r.idx!r}: rows are {rows[-1].shape[1]}-d, expected {dim}")
+        counts += [len(frame) for frame in r.frames]
+    return _split_records(fuse_frames(torch.cat([row.float() for row in rows]), counts), records)
 
 
 def import_release(textvid: str | Path, features_dir: str | Path, out_dir: str | Path,
                    encoder: str = "ViT-L-14|openai", shard_size: int = 1000, dtype: str = "float16") -> Path:
     """Convert the release's per-record features/{idx}.pkl (through the restricted
     loader) into a fused feature store. Every missing file is reported before starting."""
-    from topa_plugin.textvid.records import read_textvid
-
-    records = read_textvid(textvid)
     features_dir = Path(features_dir)
-    missing = [f"{features_dir / f'{r.idx}.pkl'} (record {r.idx!r})" for r in records
-               if not (features_dir / f"{r.idx}.pkl").is_file()]
+
+    def digest(record) -> str:  # the caption counts and the feature file decide the fused rows
+        path = features_dir / f"{record.idx}.pkl"
+        size = path.stat().st_size if path.is_file() else None
+        data = json.dumps([[len(frame) for frame in record.frames], size]).encode()
+        return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
+
+    source = check_textvid(textvid, digest=digest)
+    missing = [f"{features_dir / f'{idx}.pkl'} (record {idx!r})" for idx in source.keys
+               if not (features_dir / f"{idx}.pkl").is_file()]
     if missing:
         shown = "\n".join(missing[:20]) + (f"\n... and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise FeatureError(f"{features_dir}: {len(missing)} release feature file(s) missing:\n{shown}")
-    if not records:
-        raise FeatureError(f"{textvid}: no records")
-    dim = load_release_rows(features_dir / f"{records[0].idx}.pkl", records[0]).shape[1]
-    header = {"kind": "release-import", "encoder": encoder, "dim": dim,
-              "source": {"file": Path(textvid).name, "sha256": file_sha256(textvid)}}
-    return write_sharded(out_dir, header, [r.idx for r in records], records,
-                         lambda recs: release_features(features_dir, recs, dim),
-                         shard_size, dtype, desc="release import", unit="rec")
+    dim = load_release_rows(features_dir / f"{source.keys[0]}.pkl", source[0]).shape[1]
+    header = {"kind": "release-import", "encoder": encoder, "dim": dim}
+    return write_sharded(out_dir, header, source.keys, source, lambda recs: release_features(features_dir, recs, dim),
+                         shard_size, dtype, desc="release import", unit="rec", digests=source.digests)

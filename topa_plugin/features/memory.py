@@ -88,6 +88,16 @@ def project_to_memory(frames: torch.Tensor, memory: torch.Tensor, temperature: f
     stays fp16 and is widened one chunk at a time. ``top_k`` keeps only each
     frame's k nearest rows (an approximation; measure it with ``top_k_error``). Zero
     frames always take the exact path, since a uniform softmax has no top k.
+
+    Args:
+        frames: unit-normalised features [..., F] (zero rows allowed: padding).
+        memory: the bank [N, F] of unit-normalised text features (fp16 or fp32).
+        temperature: the softmax temperature (100 in the release).
+        top_k: keep each frame's k nearest rows (None: exact).
+        max_chunk_elems: cap on the elements of any temporary (None: by device).
+
+    Returns:
+        unit-normalised projected features, shaped and typed like ``frames``.
     """
     if memory.ndim != 2 or memory.shape[0] == 0 or memory.shape[1] != frames.shape[-1]:
         raise ValueError(f"memory must be [N>=1, {frames.shape[-1]}], got {tuple(memory.shape)}")
@@ -147,7 +157,15 @@ def load_memory(path: str | os.PathLike, dtype: torch.dtype | None = None) -> to
     """Read a memory bank: ``.safetensors`` (key "memory") or the release's memory.pkl.
 
     The pickle goes through the restricted loader; rows are returned as stored
-    (the release keeps its rows as they are), cast to ``dtype`` if given."""
+    (the release keeps its rows as they are).
+
+    Args:
+        path: a ``.safetensors`` bank (``topa memory build|import``) or the release's ``memory.pkl``.
+        dtype: cast the rows to this dtype (default: as stored).
+
+    Raises:
+        ValueError: not a finite, non-empty [N, F] float matrix (naming the file).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"memory file not found: {path}")
@@ -188,24 +206,48 @@ def _row_digests(rows: torch.Tensor) -> np.ndarray:
                          dtype=np.uint64).reshape(-1, 2)
 
 
-def _memory_rows(store: FeatureStore, idx: str) -> torch.Tensor:
-    """A record's frames as normalised fp16 memory rows (``FeatureStore.get`` refuses zero and NaN frames)."""
-    return l2_normalize(store.get(idx)).half()
+def _memory_rows(store: FeatureStore, ids: list[str]) -> torch.Tensor:
+    """Frames of consecutive records of one shard as normalised fp16 memory rows (``FeatureStore.get``
+    refuses zero and NaN frames, naming the record)."""
+    return l2_normalize(torch.cat([store.get(idx) for idx in ids])).half()
 
 
-def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0) -> tuple[torch.Tensor, dict]:
+def check_text_store(store: FeatureStore, allow_image_features: bool) -> None:
+    """A memory bank holds text features; a store of video frames is refused unless asked for."""
+    if store.kind == "videos" and not allow_image_features:
+        raise FeatureError(f"{store.directory}: holds CLIP image features of videos (`topa features videos`); "
+                           "a memory bank holds text features (`topa features textvid` or `import-release`); "
+                           "pass --allow-image-features to build one from image features anyway")
+
+
+def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0,
+                 allow_image_features: bool = False) -> tuple[torch.Tensor, dict]:
     """A memory bank from a feature store: de-duplicated, normalised fp16 frame rows,
-    all of them (size None) or a uniform random sample of ``size`` (seeded), in store order."""
-    ids = store.ids()
-    digests, counts = [], []
-    for idx in ids:
-        rows = _memory_rows(store, idx)
-        digests.append(_row_digests(rows))
-        counts.append(rows.shape[0])
+    all of them (size None) or a uniform random sample of ``size`` (seeded), in store order.
+
+    Records are read a shard run at a time (vectorised, two passes), so memory holds one
+    shard's rows, a 16-byte digest per frame, and the bank.
+
+    Args:
+        store: a finished feature store of TextVid text features.
+        size: how many distinct rows to keep (None: all).
+        seed: seeds the uniform sample.
+        allow_image_features: accept a store of video (image) features, which is not TOPA's bank.
+
+    Returns:
+        (memory [rows, D] fp16, stats with records / frames / unique / rows counts).
+    """
+    from tqdm.auto import tqdm
+
+    check_text_store(store, allow_image_features)
+    runs = store.runs()
+    digests = [_row_digests(_memory_rows(store, ids))
+               for ids in tqdm(runs, desc="memory: hashing frames", unit="shard", delay=2, dynamic_ncols=True)]
+    counts = [len(d) for d in digests]
     all_digests = np.concatenate(digests)
     _, first = np.unique(all_digests, axis=0, return_index=True)
     unique_rows = np.sort(first)
-    stats = {"records": len(ids), "frames": int(all_digests.shape[0]), "unique": len(unique_rows)}
+    stats = {"records": len(store), "frames": int(all_digests.shape[0]), "unique": len(unique_rows)}
     if size is not None and size < len(unique_rows):
         rng = np.random.default_rng(seed)
         unique_rows = np.sort(rng.choice(unique_rows, size=size, replace=False))
@@ -213,9 +255,10 @@ def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0) ->
     owner = np.searchsorted(offsets, unique_rows, side="right") - 1
     memory = torch.empty(len(unique_rows), store.dim, dtype=torch.float16)
     pos = 0
-    for record, n in zip(*np.unique(owner, return_counts=True)):
-        picked = torch.from_numpy(unique_rows[pos:pos + n] - offsets[record])
-        memory[pos:pos + n] = _memory_rows(store, ids[record])[picked]
+    for run, n in tqdm(list(zip(*np.unique(owner, return_counts=True))), desc="memory: collecting rows",
+                       unit="shard", delay=2, dynamic_ncols=True):
+        picked = torch.from_numpy(unique_rows[pos:pos + n] - offsets[run])
+        memory[pos:pos + n] = _memory_rows(store, runs[run])[picked]
         pos += n
     stats["rows"] = int(memory.shape[0])
     return memory, stats

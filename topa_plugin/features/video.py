@@ -67,7 +67,16 @@ def _av():
 
 
 def read_frames(path: str | Path, num_frames: int) -> np.ndarray:
-    """Uniformly sampled RGB frames, uint8 [n, H, W, 3]; a fallback to full decoding is logged once."""
+    """Uniformly sampled RGB frames, uint8 [n, H, W, 3]; a fallback to full decoding is logged once.
+
+    Args:
+        path: a video file any FFmpeg build in PyAV reads (mp4, mkv, webm, ...).
+        num_frames: frames to sample: indices ``linspace(0, N-1, num_frames)`` as lmms-eval does
+            (all N frames when the video is shorter).
+
+    Raises:
+        VideoDecodeError: unreadable, truncated or frame-less video (naming the file).
+    """
     frames, info = decode_frames(path, num_frames)
     log_fallback(info, path)
     return frames

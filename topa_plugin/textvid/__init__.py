@@ -9,11 +9,11 @@ from topa_plugin.textvid.records import (
     TextVidError,
     TextVidRecord,
     append_jsonl,
-    compute_stats,
     read_textvid,
     validate_records,
     write_jsonl,
 )
+from topa_plugin.textvid.stats import compute_stats
 
 __all__ = [
     "QA",

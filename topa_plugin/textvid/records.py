@@ -2,7 +2,9 @@
 
 The release's loaders caught every exception and trained on a random substitute,
 so corrupt data went unnoticed. Here reading and writing validate the whole file
-first and report every problem with file, record index, id and field.
+first and report every problem with file, record index, id and field. Files are
+read as a stream of records (``topa_plugin.textvid.stream``), so checking the
+release's 721k Tideos takes the memory of their ids, not of their text.
 
 Release schema (``textvid.json``, a JSON list; the plugin also reads and writes
 JSON Lines, one record per line)::
@@ -19,12 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from topa_plugin.textvid.stream import RawRecord, iter_json_list, iter_jsonl
 from topa_plugin.utils.atomic import atomic_write_bytes
 from topa_plugin.utils.ids import id_problem
 
@@ -35,6 +37,8 @@ QA_KEYS = ("question", "options", "answer")
 OPEN_ANSWER_KEY = "answer_open_ended"
 # Problems shown in an exception message; the CLI's validate prints all of them.
 _MAX_PROBLEMS_IN_MESSAGE = 50
+# Passes over a file show a progress bar once they have run this long.
+PROGRESS_DELAY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -284,20 +288,23 @@ def _record_problems(d: Any, source: str, index: int | None, line: int | None) -
     return problems
 
 
+def _repeated_id(first_use: dict[str, int], d: Any, source: str, index: int, line: int | None) -> list[Problem]:
+    """The problem of a record reusing an earlier record's id; notes the first use of each id."""
+    rid = _record_id(d)
+    if rid is None:
+        return []
+    if rid in first_use:
+        return [Problem(source, index, rid, "idx", f"duplicate id, first used by record {first_use[rid]}", line)]
+    first_use[rid] = index
+    return []
+
+
 def _validate(items: Iterable[tuple[int, int | None, Any]], source: str) -> list[Problem]:
     """Check (index, line, dict) triples, including ids repeated across records."""
     problems: list[Problem] = []
     first_use: dict[str, int] = {}
     for index, line, d in items:
-        problems += _record_problems(d, source, index, line)
-        rid = _record_id(d)
-        if rid is None:
-            continue
-        if rid in first_use:
-            problems.append(Problem(source, index, rid, "idx",
-                                    f"duplicate id, first used by record {first_use[rid]}", line))
-        else:
-            first_use[rid] = index
+        problems += _record_problems(d, source, index, line) + _repeated_id(first_use, d, source, index, line)
     return problems
 
 
@@ -308,69 +315,79 @@ def validate_records(dicts: Iterable[Any], source: str) -> list[Problem]:
 
 # ---------------------------------------------------------------- reading
 
-def _parse_json_list(path: Path, source: str) -> tuple[list[tuple[int, int | None, Any]], list[Problem]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        return [], [Problem(source, None, None, None, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno)]
-    except UnicodeDecodeError as e:
-        return [], [Problem(source, None, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}")]
-    if not isinstance(data, list):
-        return [], [Problem(source, None, None, None, f"expected a JSON list of records, got {_kind(data)}")]
-    return [(i, None, d) for i, d in enumerate(data)], []
-
-
-def _parse_jsonl(path: Path, source: str) -> tuple[list[tuple[int, int | None, Any]], list[Problem]]:
-    """Each non-blank line is one record; a line that does not parse is reported and
-    still counts as a record so later indices match the line order."""
-    items: list[tuple[int, int | None, Any]] = []
-    problems: list[Problem] = []
-    index = 0
-    with open(path, "rb") as f:
-        raw_lines = f.read().split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the newline that ends the last record
-    for line_no, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
-            problems.append(Problem(source, None, None, None, "blank line (JSON Lines needs one record per line)", line_no))
-            continue
-        try:
-            items.append((index, line_no, json.loads(raw.decode("utf-8"))))
-        except UnicodeDecodeError as e:
-            problems.append(Problem(source, index, None, None, f"not UTF-8 text: {e.reason} at byte {e.start}", line_no))
-        except json.JSONDecodeError as e:
-            problems.append(Problem(source, index, None, None, f"invalid JSON: {e.msg} (column {e.colno})", line_no))
-        index += 1
-    return items, problems
-
-
-def _load_dicts(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Problem]]:
-    """Parse and validate a file; returns (record dicts, every problem found)."""
-    path = Path(path)
+def _stream(path: Path, progress) -> Iterator[RawRecord | tuple[int | None, str]]:
+    """The file's records in order, parsed one at a time (memory does not grow with the file)."""
     source = str(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a TextVid .json/.jsonl file")
-    if path.suffix == ".jsonl":
-        items, problems = _parse_jsonl(path, source)
-    elif path.suffix == ".json":
-        items, problems = _parse_json_list(path, source)
-    else:
+    if path.suffix not in (".json", ".jsonl"):
         raise TextVidError([Problem(source, None, None, None,
                                     "unsupported file type: expected .json (release list) or .jsonl (JSON Lines)")])
-    if not items and not problems:
-        problems.append(Problem(source, None, None, None, "no records (an empty file or list)"))
-    problems += _validate(items, source)
-    problems.sort(key=lambda p: (p.line or 0, -1 if p.index is None else p.index))
-    return [d for _, _, d in items], problems
+    with open(path, "rb") as f:
+        yield from (iter_jsonl if path.suffix == ".jsonl" else iter_json_list)(f, progress)
+
+
+def scan_textvid(path: str | os.PathLike, desc: str | None = None
+                 ) -> Iterator[tuple[RawRecord | None, list[Problem]]]:
+    """Every record of a release ``.json`` list or ``.jsonl`` file, in order, with its problems
+    (parse, schema, repeated id); ``(None, [problem])`` for a problem outside any record.
+
+    Records are parsed one at a time, so memory holds only the ids seen so far. ``desc`` shows
+    a progress bar over the file's bytes when the pass takes more than a few seconds."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    source = str(path)
+    first_use: dict[str, int] = {}
+    progress = tqdm(total=path.stat().st_size if path.is_file() else 0, unit="B", unit_scale=True,
+                    desc=desc, delay=PROGRESS_DELAY_S, dynamic_ncols=True, disable=desc is None)
+    seen = False
+    with progress:
+        for item in _stream(path, progress):
+            seen = True
+            if not isinstance(item, RawRecord):
+                yield None, [Problem(source, None, None, None, item[1], item[0])]
+                continue
+            if item.error is not None:
+                yield item, [Problem(source, item.index, None, None, item.error, item.line)]
+                continue
+            yield item, (_record_problems(item.value, source, item.index, item.line)
+                         + _repeated_id(first_use, item.value, source, item.index, item.line))
+    if not seen:
+        yield None, [Problem(source, None, None, None, "no records (an empty file or list)")]
+
+
+def record_of(item: RawRecord) -> TextVidRecord:
+    """The record of an item ``scan_textvid`` reported without problems (not checked again)."""
+    return _build(item.value)
 
 
 def read_textvid(path: str | os.PathLike) -> list[TextVidRecord]:
-    """Read a release ``.json`` list or a ``.jsonl`` file; raises TextVidError listing every problem."""
-    dicts, problems = _load_dicts(path)
+    """Read a release ``.json`` list or a ``.jsonl`` file; raises TextVidError listing every problem.
+
+    Holds every record in memory: for large files use ``scan_textvid``."""
+    records, problems = [], []
+    for item, found in scan_textvid(path):
+        problems += found
+        if item is not None and not found:
+            records.append(_build(item.value))
     if problems:
         raise TextVidError(problems)
-    return [_build(d) for d in dicts]
+    return records
+
+
+def read_record(path: str | os.PathLike, offset: int, size: int) -> TextVidRecord:
+    """One record of a file already checked by ``scan_textvid``, from its byte span."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read(size)
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TextVidError([Problem(str(path), None, None, None,
+                                    f"bytes {offset}..{offset + size} no longer hold a record ({e}); "
+                                    "the file changed after it was checked")]) from None
+    return TextVidRecord.from_dict(d, source=str(path))
 
 
 # ---------------------------------------------------------------- writing
@@ -405,39 +422,3 @@ def append_jsonl(path: str | os.PathLike, record: TextVidRecord) -> None:
         f.write(_json_line(record).encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
-
-
-# ---------------------------------------------------------------- statistics
-
-def _distribution(values: Sequence[int]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"min": min(values), "mean": statistics.fmean(values),
-            "median": statistics.median(values), "max": max(values)}
-
-
-def _captions(records: Sequence[TextVidRecord]) -> Iterator[str]:
-    for record in records:
-        for captions in record.captions_per_frame:
-            yield from captions
-
-
-def compute_stats(records: Sequence[TextVidRecord]) -> dict[str, Any]:
-    """Counts and length distributions (min/mean/median/max) for a set of Tideos."""
-    frames_per_record = [len(r.frames) for r in records]
-    captions_per_frame = [len(frame) for r in records for frame in r.frames]
-    qas_per_record = [len(r.qas) for r in records]
-    return {
-        "records": len(records),
-        "frames": sum(frames_per_record),
-        "captions": sum(captions_per_frame),
-        "qas": sum(qas_per_record),
-        "qas_with_open_answer": sum(qa.answer_open_ended is not None for r in records for qa in r.qas),
-        "distributions": {
-            "frames_per_record": _distribution(frames_per_record),
-            "captions_per_frame": _distribution(captions_per_frame),
-            "words_per_caption": _distribution([len(c.split()) for c in _captions(records)]),
-            "words_per_global_caption": _distribution([len(r.global_video_caption.split()) for r in records]),
-            "qas_per_record": _distribution(qas_per_record),
-        },
-    }

@@ -56,6 +56,9 @@ class DataArguments:
                                         "(default: on for pretrain, off for finetune)."})
     noise_variance: float | None = field(default=None, metadata={"help": "Noise injection variance for TextVid "
                                          "features (default 0: off, as released)."})
+    skip_invalid: bool = field(default=False, metadata={"help": "TextVid pretraining: leave out invalid records and "
+                               "records without usable features, listed in <output_dir>.rejects.jsonl (default: stop, "
+                               "naming them all)."})
     layout: str = field(default="auto", metadata={"help": "Video-QA column layout: auto, nextqa, star, tvqa, generic."})
     feature_fps: float | None = field(default=None, metadata={"help": "Feature rows per second, to cut STAR/TVQA segments."})
     question_mark: str | None = field(default=None, metadata={

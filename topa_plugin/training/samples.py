@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from topa_plugin.features.transforms import l2_normalize, noise_injection, sample_frames
-from topa_plugin.processing import IGNORE_INDEX, TopaPrompt
+from topa_plugin.processing import IGNORE_INDEX, PromptTemplate, TopaPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,19 @@ def report_overlong(problems: Sequence[str], overlong: str, max_seq_len: int, wh
 def length_scan(items: Sequence[Any], desc: str):
     """Progress over a construction-time length check (shown only when it takes noticeable time)."""
     return tqdm(items, desc=desc, unit="rec", disable=len(items) < 20000, mininterval=5)
+
+
+def truncation_problems(processor, templates: Sequence[PromptTemplate], max_seq_len: int) -> list[str | None]:
+    """``truncation_problem`` of each template's prompt, with one batched tokenizer call for all.
+
+    A prompt's first supervised token lies at most at the context length plus the token count of
+    the text before its answer; only prompts whose bound reaches ``max_seq_len`` are encoded in
+    full, so the answer is exact and costs one tokenizer pass over the question texts."""
+    befores = list({t.rest[:t.answer_char] for t in templates if t.answer_char is not None})
+    tokens = dict(zip(befores, processor.count_tokens(befores)))
+    return [None if t.answer_char is not None
+            and processor.context_length(t.instruction) + tokens[t.rest[:t.answer_char]] < max_seq_len
+            else truncation_problem(processor.build(t), max_seq_len) for t in templates]
 
 
 class _FeatureSource:

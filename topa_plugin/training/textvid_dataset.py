@@ -20,23 +20,37 @@ at each epoch start (``topa_plugin.training.train`` registers a callback for it)
 
 Unlike the release, nothing is skipped or substituted silently: a bad record, a missing feature
 entry or a sample whose answer tokens were truncated away raises an error naming file, record and
-field. Answers cut off by ``max_seq_len`` are found before training starts (``check_lengths``): every
-prompt a record can produce is encoded once at construction, so a bad record costs seconds, not a
-day of training. ``overlong="skip"`` instead leaves those QAs (and records) out of the draw and logs
-how many; the per-sample check in ``make_sample`` stays as the backstop (answer balancing can
-reorder options, which may change a prompt's length by a token).
+field; ``skip_invalid`` instead leaves such records out and lists each, with why, in a rejects file.
+Answers cut off by ``max_seq_len`` are found before training starts (``check_lengths``): every
+prompt a record can produce is checked at construction (one batched tokenizer pass, see
+``truncation_problems``), so a bad record costs seconds, not a day of training. ``overlong="skip"``
+instead leaves those QAs (and records) out of the draw and logs how many; the per-sample check in
+``make_sample`` stays as the backstop (answer balancing can reorder options, which may change a
+prompt's length by a token).
+
+The file is read once as a stream at construction; the dataset keeps each usable record's byte
+span and reads the record again when it is visited, so memory does not grow with the file's text.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from array import array
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from topa_plugin.features.writer import rejects_path
+from topa_plugin.training.length_cache import (
+    length_check_key,
+    load_length_check,
+    save_length_check,
+)
 from topa_plugin.training.samples import (
     MULTIPLE_CHOICE,
     OPEN_ENDED,
@@ -47,16 +61,35 @@ from topa_plugin.training.samples import (
     balance_options,
     caption_slot_task,
     check_policy,
-    length_scan,
     make_sample,
     open_ended_allowed,
     prepare_frames,
     report_overlong,
-    truncation_problem,
+    truncation_problems,
 )
 
 logger = logging.getLogger(__name__)
+# Records whose prompts are length-checked together (one batched tokenizer call).
+SCAN_BATCH = 2048
 
+
+@dataclass
+class _Kept:
+    """The usable records: where each is in the file, and the QAs to draw from where some were left out."""
+
+    positions: list[int] = field(default_factory=list)
+    offsets: array = field(default_factory=lambda: array("q"))  # compact: 721k records
+    sizes: array = field(default_factory=lambda: array("q"))
+    ids: list[str] = field(default_factory=list)
+    usable_qas: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, item, record, usable: list[int] | None) -> None:
+        if usable is not None:
+            self.usable_qas[len(self.ids)] = usable
+        self.positions.append(item.index)
+        self.offsets.append(item.offset)
+        self.sizes.append(item.size)
+        self.ids.append(record.idx)
 
 
 class TextVidDataset(_VisitRandomness, Dataset):
@@ -64,72 +97,171 @@ class TextVidDataset(_VisitRandomness, Dataset):
 
     def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, max_seq_len: int = 150,
                  answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0,
-                 check_lengths: bool = True, overlong: str = "error", question_mark: str = "always"):
-        from topa_plugin.textvid.records import read_textvid
-
+                 check_lengths: bool = True, overlong: str = "error", question_mark: str = "always",
+                 skip_invalid: bool = False, rejects: str | Path | None = None, length_cache: str | Path | None = None):
         self.data_path = str(data_path)
-        self.records = read_textvid(data_path)  # TextVidError names file, record and field
         self.processor = processor
         self.max_seq_len = max_seq_len
         self.answer_balance = answer_balance
         self.noise_variance = noise_variance
         self.question_mark = question_mark  # the release's TextVid rule by default (see processing.py)
         self.seed, self.epoch = seed, 0
-        self.features = _FeatureSource(feature_folder, [r.idx for r in self.records], self.data_path, "idx")
-        self.positions: list[int] | None = None  # record positions in the file, once records were left out
-        self.usable_qas: dict[int, list[int]] = {}  # dataset index -> QAs to draw from, once some were left out
-        if check_lengths:
-            self._check_lengths(check_policy(overlong))
+        self.features = _FeatureSource(feature_folder, [], self.data_path, "idx")
+        self.check_lengths, self.overlong = check_lengths, check_policy(overlong)
+        self.length_cache = Path(length_cache) if length_cache else None
+        self.kept = _Kept()
+        self._scan(skip_invalid, rejects)
 
-    def _prompts(self, record):
-        """Every prompt a visit of ``record`` can produce (options in the file's order): (QA index, task, prompt)."""
-        yield None, SUMMARY, self.processor.encode_summary(record.global_video_caption)
+    # ------------------------------------------------------------ construction
+
+    def _load_length_cache(self) -> str | None:
+        """The length-check cache key (None: no cache); fills ``_cached`` on a hit."""
+        self._cached = None
+        if not (self.check_lengths and self.length_cache):
+            return None
+        key = length_check_key(self.data_path, self.processor, self.max_seq_len, self.question_mark)
+        found = None if key is None else load_length_check(self.length_cache, key)
+        if found is not None:
+            logger.info("prompt lengths of %s: from the cache %s", self.data_path, self.length_cache)
+            self._cached = {}
+            for position, q, task, why in found:
+                self._cached.setdefault(position, []).append((q, task, why))
+        return key
+
+    def _feature_problem(self, record) -> str | None:
+        """Why the store cannot serve this record (missing, or another frame count), or None."""
+        store = self.features.store
+        if record.idx not in store:
+            return f"idx: not in the feature index of {self.features.folder}"
+        n = store.n_frames[store.position(record.idx)]
+        if n != len(record.frames):
+            return f"frames: {len(record.frames)} frames but {n} feature rows in {self.features.folder}"
+        return None
+
+    def _scan(self, skip_invalid: bool, rejects: str | Path | None) -> None:
+        """One streamed pass: schema, features and (batched) prompt lengths of every record."""
+        from topa_plugin.textvid.records import TextVidError, record_of, scan_textvid
+
+        schema, unusable, rejected, pending = [], [], [], []
+        length = {"problems": [], "found": [], "qas": 0, "records": 0}
+        key = self._load_length_cache()
+        for item, problems in scan_textvid(self.data_path, desc=f"reading {Path(self.data_path).name}"):
+            if item is None:
+                raise TextVidError(problems)
+            record = None if problems else record_of(item)
+            reasons = [str(p) for p in problems] or [p for p in [self._feature_problem(record)] if p]
+            if reasons:
+                schema += problems
+                unusable += [] if problems else [f"{self._at(item.index, record.idx)}: {r}" for r in reasons]
+                rejected.append({"source": self.data_path, "record": item.index, "line": item.line,
+                                 "id": problems[0].id if problems else record.idx, "problems": reasons})
+                continue
+            pending.append((item, record))
+            if len(pending) == SCAN_BATCH:
+                self._keep(pending, length)
+                pending = []
+        self._keep(pending, length)
+        if key is not None and self._cached is None:
+            save_length_check(self.length_cache, key, length["found"])
+        if not skip_invalid:
+            self._refuse(schema, unusable)
+        self._report(rejected, rejects, length)
+
+    def _refuse(self, schema: list, unusable: list[str]) -> None:
+        """Without ``skip_invalid``: every invalid record (TextVidError) or record without usable features."""
+        from topa_plugin.textvid.records import TextVidError
+
+        if schema:
+            raise TextVidError(schema)
+        if unusable:
+            shown = "\n".join(unusable[:50]) + (f"\n... and {len(unusable) - 50} more" if len(unusable) > 50 else "")
+            raise DataError(f"{self.data_path}: {len(unusable)} record(s) without usable features in "
+                            f"{self.features.folder} (--skip-invalid leaves them out):\n{shown}")
+
+    def _report(self, rejected: list[dict], rejects, length: dict) -> None:
+        """Write the rejects file, then report (or refuse) prompts cut off by ``max_seq_len``."""
+        if rejected:
+            path = Path(rejects) if rejects else rejects_path(self.data_path)
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
+            logger.warning("--skip-invalid: left out %d unusable record(s) of %s, listed in %s",
+                           len(rejected), self.data_path, path)
+        report_overlong(length["problems"], self.overlong, self.max_seq_len,
+                        f"{length['qas']} QA(s) and {length['records']} record(s) (no usable QA or summary left) "
+                        f"of {self.data_path}")
+        if not self.kept.ids:
+            raise DataError(f"{self.data_path}: no usable record left (see the messages above)")
+
+    def _templates(self, record):
+        """Every prompt a visit of ``record`` can produce (options in the file's order): (QA index, task, template)."""
+        yield None, SUMMARY, self.processor.summary_template(record.global_video_caption)
         for q, qa in enumerate(record.qas):
-            yield q, MULTIPLE_CHOICE, self.processor.encode_multiple_choice(
+            yield q, MULTIPLE_CHOICE, self.processor.multiple_choice_template(
                 qa.question, qa.options, qa.answer_index, self.question_mark)
             if open_ended_allowed(qa.answer_open_ended, qa.answer_text):
-                yield q, OPEN_ENDED, self.processor.encode_open_ended(qa.question, qa.answer_open_ended, self.question_mark)
+                yield q, OPEN_ENDED, self.processor.open_ended_template(qa.question, qa.answer_open_ended, self.question_mark)
 
-    def _check_lengths(self, overlong: str) -> None:
-        """Encode every prompt once, before any model loads; report all whose answer ``max_seq_len`` cuts off."""
-        problems, kept, positions, usable_qas, skipped_qas = [], [], [], {}, 0
-        for index, record in enumerate(length_scan(self.records, f"checking prompt lengths in {self.data_path}")):
-            bad_qas, summary_ok = set(), True
-            for q, task, prompt in self._prompts(record):
-                problem = truncation_problem(prompt, self.max_seq_len)
-                if problem:
-                    field = "global_video_caption" if q is None else f"QAs[{q}]"
-                    problems.append(f"{self._where(index)}: {field} as {task}: {problem}")
-                    summary_ok = summary_ok and q is not None
-                    bad_qas.add(q)
+    def _cut_off(self, batch: list) -> list[tuple[int, int | None, str, str]]:
+        """(batch row, QA index or None, task, why) of each prompt whose answer ``max_seq_len`` cuts off."""
+        if self._cached is not None:
+            return [(n, q, task, why) for n, (item, _) in enumerate(batch) for q, task, why in self._cached.get(item.index, [])]
+        prompts = [(n, q, task, t) for n, (_, record) in enumerate(batch) for q, task, t in self._templates(record)]
+        found = truncation_problems(self.processor, [p[3] for p in prompts], self.max_seq_len)
+        return [(n, q, task, why) for (n, q, task, _), why in zip(prompts, found) if why]
+
+    def _keep(self, batch: list, length: dict) -> None:
+        """Keep a batch of valid records, leaving out (``overlong="skip"``) QAs whose answer ``max_seq_len`` cuts off."""
+        bad: dict[int, set] = {}
+        for n, q, task, why in self._cut_off(batch) if self.check_lengths else []:
+            item, record = batch[n]
+            field = "global_video_caption" if q is None else f"QAs[{q}]"
+            length["problems"].append(f"{self._at(item.index, record.idx)}: {field} as {task}: {why}")
+            length["found"].append([item.index, q, task, why])
+            bad.setdefault(n, set()).add(q)
+        for n, (item, record) in enumerate(batch):
+            bad_qas = bad.get(n, set())
             good_qas = [q for q in range(len(record.qas)) if q not in bad_qas]
-            skipped_qas += len(record.qas) - len(good_qas)
-            if summary_ok and good_qas:
-                if bad_qas:
-                    usable_qas[len(kept)] = good_qas
-                kept.append(record)
-                positions.append(index)
-        dropped = len(self.records) - len(kept)
-        report_overlong(problems, overlong, self.max_seq_len,
-                        f"{skipped_qas} QA(s) and {dropped} record(s) (no usable QA or summary left) of {self.data_path}")
-        if problems:
-            self.records, self.positions, self.usable_qas = kept, positions, usable_qas
-            if not kept:
-                raise DataError(f"{self.data_path}: --overlong skip left no record at max_seq_len={self.max_seq_len}")
+            length["qas"] += len(record.qas) - len(good_qas)
+            if None in bad_qas or not good_qas:
+                length["records"] += 1
+            elif self.overlong == "skip" or not bad_qas:
+                self.kept.add(item, record, good_qas if bad_qas else None)
+
+    # ------------------------------------------------------------ visits
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.kept.ids)
 
     @property
     def feature_dim(self) -> int:
         return self.features.dim
 
-    def _where(self, index: int) -> str:
-        position = index if self.positions is None else self.positions[index]
-        return f"{self.data_path}: record {position} (id {self.records[index].idx!r})"
+    @property
+    def positions(self) -> list[int]:
+        """Each dataset item's record position in the file."""
+        return self.kept.positions
 
-    def _video(self, index: int, rng: random.Random) -> torch.Tensor:
-        record = self.records[index]
+    @property
+    def usable_qas(self) -> dict[int, list[int]]:
+        """Dataset index -> the QAs to draw from, for records where some were left out."""
+        return self.kept.usable_qas
+
+    def _at(self, position: int, idx: str) -> str:
+        return f"{self.data_path}: record {position} (id {idx!r})"
+
+    def _where(self, index: int) -> str:
+        return self._at(self.kept.positions[index], self.kept.ids[index])
+
+    def record(self, index: int):
+        """The record behind dataset item ``index``, read again from its place in the file."""
+        from topa_plugin.textvid.records import read_record
+
+        record = read_record(self.data_path, self.kept.offsets[index], self.kept.sizes[index])
+        if record.idx != self.kept.ids[index]:
+            raise DataError(f"{self._where(index)}: the file changed after it was read (found id {record.idx!r} "
+                            "there); restart training")
+        return record
+
+    def _video(self, index: int, record, rng: random.Random) -> torch.Tensor:
         features = self.features.get(record.idx)
         if features.ndim != 2 or features.shape[0] != len(record.frames):
             raise DataError(f"{self._where(index)}: frames: {len(record.frames)} frames but features in "
@@ -146,7 +278,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
         sample under ``"caption"`` and the coin under ``"task_coin"``, and ``TopaCollator``
         applies the first item's coin to its whole batch.
         """
-        record = self.records[index]
+        record = self.record(index)
         rng = self.visit_rng(index)
         usable = self.usable_qas.get(index)
         qa_index = rng.randrange(len(record.qas)) if usable is None else usable[rng.randrange(len(usable))]
@@ -160,7 +292,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
             caption = self.processor.encode_open_ended(qa.question, qa.answer_open_ended, self.question_mark)
         else:
             caption = self.processor.encode_summary(record.global_video_caption)
-        video = self._video(index, rng)
+        video = self._video(index, record, rng)
         where = f"{self._where(index)}: QAs[{qa_index}] as"
         multiple_choice = self.processor.encode_multiple_choice(qa.question, options, answer, self.question_mark)
         sample = make_sample(multiple_choice, video, self.max_seq_len, f"{where} {MULTIPLE_CHOICE}")

@@ -56,17 +56,24 @@ def build_processor(model_args: ModelArguments):
     return TopaProcessor(tokenizer, max_feats=model_args.max_feats)
 
 
-def build_dataset(data_args: DataArguments, processor, seed: int = 0):
-    """The task's dataset; settings left unset (None) take the dataset's own default."""
+def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir: str | None = None):
+    """The training dataset; with ``output_dir``, TextVid rejects and the length-check cache go beside/into it."""
+    from topa_plugin.features.writer import rejects_path
+    from topa_plugin.training.samples import DataError
     from topa_plugin.training.textvid_dataset import TextVidDataset
     from topa_plugin.training.videoqa_dataset import VideoQADataset
 
     common = {"max_seq_len": data_args.max_seq_len, "answer_balance": data_args.answer_balance,
               "check_lengths": data_args.check_lengths, "overlong": data_args.overlong}
     if data_args.task == "pretrain":
+        out = Path(output_dir) if output_dir else None
         dataset = TextVidDataset
-        specific = {"noise_variance": data_args.noise_variance, "question_mark": data_args.question_mark}
+        specific = {"noise_variance": data_args.noise_variance, "question_mark": data_args.question_mark,
+                    "skip_invalid": data_args.skip_invalid, "rejects": out and rejects_path(out),
+                    "length_cache": out and out / "textvid-length-check.json"}
     else:
+        if data_args.skip_invalid:
+            raise DataError("--skip_invalid applies to TextVid pretraining (--task pretrain) only")
         dataset, specific = VideoQADataset, {"layout": data_args.layout, "feature_fps": data_args.feature_fps}
     chosen = {k: v for k, v in {**common, **specific}.items() if v is not None}
     return dataset(data_args.data_path, data_args.feature_folder, processor, seed=seed, **chosen)
@@ -125,7 +132,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     logger.info("effective batch %d, learning rate %.3g", training_args.effective_batch_size, training_args.learning_rate)
     transformers.set_seed(training_args.seed)
     processor = build_processor(model_args)
-    dataset = build_dataset(data_args, processor, training_args.seed)
+    dataset = build_dataset(data_args, processor, training_args.seed, training_args.output_dir)
     init_deepspeed_comm(training_args)
     model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args))
     logger.info("trainable parameters: %d", sum(p.numel() for p in model.parameters() if p.requires_grad))
