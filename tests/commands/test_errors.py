@@ -141,10 +141,10 @@ CASES = [
          r"bad_id.jsonl: line 1, record 0 \(id '\.\./escape'\): idx: id '\.\./escape' contains a path separator",
          "features textvid"),
     Case("memory-build-corrupt-shard", lambda ws: ["memory", "build", "--features", str(ws.corrupt), "--all", "--out", "m.st"],
-         r"corrupt_store/shard-\w+\.safetensors: missing, truncated or corrupt shard", "memory build"),
+         r"corrupt_store/shard-\w+\.safetensors: shard corrupt \(100 bytes", "memory build"),
     Case("memory-build-truncated-index", lambda ws: ["memory", "build", "--features", str(ws.truncated), "--all",
                                                      "--out", "m.st"],
-         r"truncated_index/index.json: truncated or not JSON", "memory build"),
+         r"truncated_index/index.json: not a readable feature index", "memory build"),
     Case("generate-hf-bad-model", lambda ws: ["textvid", "generate", "--backend", "hf", "--model", str(ws.root / "no_model"),
                                               "--out", str(ws.root / "gen.jsonl"), "--num", "1"],
          r"--model .*no_model: cannot load it as a local transformers model", "textvid generate"),
@@ -167,9 +167,9 @@ CASES = [
     Case("train-empty-textvid", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), data=ws.root / "empty.json"),
          r"empty.json: no records", "train"),
     Case("train-truncated-index", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), features=ws.truncated),
-         r"truncated_index/index.json: truncated or not JSON", "train"),
+         r"truncated_index/index.json: not a readable feature index", "train"),
     Case("train-corrupt-shard", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), features=ws.corrupt),
-         r"corrupt_store/shard-\w+\.safetensors: missing, truncated or corrupt shard", "train"),
+         r"corrupt_store/shard-\w+\.safetensors: shard corrupt \(100 bytes", "train"),
 ]
 
 

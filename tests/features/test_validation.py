@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tests.helpers.lmms_fixtures import FEATURE_DIM, build_topa_checkpoint
 from topa_plugin.demo.toy import write_toy_video
@@ -70,20 +70,16 @@ def test_feature_cache_entry_with_inf_is_refused_naming_the_entry(tmp_path):
         source.get(video)
 
 
-def test_store_features_with_nan_fail_naming_shard_and_record(tmp_path, toy_clip):
-    from topa_plugin.features.clip import load_clip
-    from topa_plugin.features.extract import extract_textvid
-    from topa_plugin.textvid import read_textvid, sample_path, write_jsonl
+def test_store_features_with_nan_fail_naming_shard_and_record(tmp_path):
+    from topa_plugin.features.writer import write_sharded
 
-    textvid = write_jsonl(tmp_path / "t.jsonl", read_textvid(sample_path())[:2])
-    store_dir = extract_textvid(textvid, tmp_path / "store", load_clip(str(toy_clip[0]), str(toy_clip[1]))).parent
-    record = FeatureStore(store_dir).ids()[1]
-    shard = store_dir / FeatureStore(store_dir).records[record]["shard"]
-    tensors = load_file(str(shard))
-    tensors[record][1, 3] = float("nan")
-    save_file(tensors, str(shard))
-    with pytest.raises(FeatureError, match=rf"{shard.name}"):
-        FeatureStore(store_dir).get(record)
+    values = {"a": torch.ones(2, 4), "b": torch.tensor([[1.0, 2.0, 3.0, 4.0], [float("nan"), 0.0, 0.0, 0.0]])}
+    index = write_sharded(tmp_path / "store", {"kind": "test", "encoder": "random", "dim": 4}, list(values),
+                          list(values), lambda keys: {k: values[k] for k in keys}, 10, dtype="float32")
+    store = FeatureStore(index.parent)
+    assert torch.equal(store.get("a"), values["a"])
+    with pytest.raises(FeatureError, match=r"store/shard-\w+\.safetensors: record 'b': frame\(s\) \[1\] hold NaN"):
+        store.get("b")
 
 
 @pytest.fixture(scope="module")

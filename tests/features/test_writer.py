@@ -14,7 +14,7 @@ HEADER = {"kind": "test", "encoder": "random", "dim": 4}
 
 
 def tensor(key: str) -> torch.Tensor:
-    return torch.full((int(key[1:]) % 3 + 1, 4), float(int(key[1:])))
+    return torch.full((int(key[1:]) % 3 + 1, 4), float(int(key[1:]) + 1))  # never zero: stores refuse zero frames
 
 
 class Compute:
