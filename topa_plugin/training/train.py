@@ -79,6 +79,23 @@ def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir
     return dataset(data_args.data_path, data_args.feature_folder, processor, seed=seed, **chosen)
 
 
+def lora_targets(llm, names: str) -> list[str]:
+    """The comma-separated LoRA target names, each of which must name modules of ``llm``.
+
+    peft only fails when no name matches, so a family with fused projections (Phi3's ``qkv_proj``)
+    would otherwise get LoRA on ``o_proj`` alone without a word.
+    """
+    targets = [m.strip() for m in names.split(",") if m.strip()]
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
+    missing = [m for m in targets if m not in leaves]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in llm.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ValueError(f"--lora_target_modules: {', '.join(missing)} name no module of "
+                         f"{llm.config.model_type}; its linear layers are: {', '.join(linear)}")
+    return targets
+
+
 def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: torch.dtype):
     """A fresh TOPA model on the frozen LLM, or the one in ``--init_from``; LoRA on top if asked."""
     from topa_plugin.configuration import TopaConfig
@@ -103,9 +120,9 @@ def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: 
     if model_args.lora_r:
         import peft
 
+        targets = lora_targets(model.llm, model_args.lora_target_modules)
         lora = peft.LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                               lora_dropout=model_args.lora_dropout,
-                               target_modules=[m.strip() for m in model_args.lora_target_modules.split(",") if m.strip()])
+                               lora_dropout=model_args.lora_dropout, target_modules=targets)
         model.llm = peft.get_peft_model(model.llm, lora)
         for name, param in model.llm.named_parameters():
             if "lora_" in name:
