@@ -56,8 +56,10 @@ def build_processor(model_args: ModelArguments):
     return TopaProcessor(tokenizer, max_feats=model_args.max_feats)
 
 
-def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir: str | None = None):
-    """The training dataset; with ``output_dir``, TextVid rejects and the length-check cache go beside/into it."""
+def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir: str | None = None,
+                  main_process: bool = True):
+    """The training dataset; with ``output_dir``, TextVid rejects and the length-check cache go beside/into it
+    (the cache written by the main process only)."""
     from topa_plugin.features.writer import rejects_path
     from topa_plugin.training.samples import DataError
     from topa_plugin.training.textvid_dataset import TextVidDataset
@@ -70,7 +72,7 @@ def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir
         dataset = TextVidDataset
         specific = {"noise_variance": data_args.noise_variance, "question_mark": data_args.question_mark,
                     "skip_invalid": data_args.skip_invalid, "rejects": out and rejects_path(out),
-                    "length_cache": out and out / "textvid-length-check.json"}
+                    "length_cache": out and out / "textvid-length-check.json", "main_process": main_process}
     else:
         if data_args.skip_invalid:
             raise DataError("--skip_invalid applies to TextVid pretraining (--task pretrain) only")
@@ -155,7 +157,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     logger.info("effective batch %d, learning rate %.3g", training_args.effective_batch_size, training_args.learning_rate)
     transformers.set_seed(training_args.seed)
     processor = build_processor(model_args)
-    dataset = build_dataset(data_args, processor, training_args.seed, training_args.output_dir)
+    dataset = build_dataset(data_args, processor, training_args.seed, training_args.output_dir,
+                            main_process=training_args.process_index == 0)
     init_deepspeed_comm(training_args)
     model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args))
     logger.info("trainable parameters: %d", sum(p.numel() for p in model.parameters() if p.requires_grad))
