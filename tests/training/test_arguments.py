@@ -239,3 +239,15 @@ def test_shipped_recipes_resolve_by_name_and_by_model_folder(tmp_path):
     assert resolve_config(str(own)) == own  # a file wins over a recipe name
     with pytest.raises(SystemExit, match="no shipped recipe of that name.*pretrain_llama2_7b"):
         resolve_config("pretrain_llama9")
+
+
+def test_lora_targets_must_each_name_a_module_of_the_llm(toy_llama_dir):
+    """Phi3 fuses q/k/v: the default q_proj,k_proj,v_proj,o_proj would silently adapt only o_proj."""
+    import transformers
+
+    from topa_plugin.training.train import lora_targets
+
+    llm = transformers.AutoModelForCausalLM.from_pretrained(toy_llama_dir)
+    assert lora_targets(llm, "q_proj, v_proj") == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match=r"qkv_proj name no module of llama; its linear layers are: .*q_proj"):
+        lora_targets(llm, "qkv_proj,o_proj")

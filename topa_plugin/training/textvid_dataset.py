@@ -98,7 +98,8 @@ class TextVidDataset(_VisitRandomness, Dataset):
     def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, max_seq_len: int = 150,
                  answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0,
                  check_lengths: bool = True, overlong: str = "error", question_mark: str = "always",
-                 skip_invalid: bool = False, rejects: str | Path | None = None, length_cache: str | Path | None = None):
+                 skip_invalid: bool = False, rejects: str | Path | None = None, length_cache: str | Path | None = None,
+                 main_process: bool = True):
         self.data_path = str(data_path)
         self.processor = processor
         self.max_seq_len = max_seq_len
@@ -109,6 +110,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
         self.features = _FeatureSource(feature_folder, [], self.data_path, "idx")
         self.check_lengths, self.overlong = check_lengths, check_policy(overlong)
         self.length_cache = Path(length_cache) if length_cache else None
+        self.main_process = main_process  # the one writer of the rejects and cache files (global rank 0)
         self.kept = _Kept()
         self._scan(skip_invalid, rejects)
 
@@ -161,11 +163,11 @@ class TextVidDataset(_VisitRandomness, Dataset):
                 self._keep(pending, length)
                 pending = []
         self._keep(pending, length)
-        if key is not None and self._cached is None:
-            save_length_check(self.length_cache, key, length["found"])
         if not skip_invalid:
             self._refuse(schema, unusable)
         self._report(rejected, rejects, length)
+        if key is not None and self._cached is None and self.main_process:
+            save_length_check(self.length_cache, key, length["found"])  # only once the data is usable
 
     def _refuse(self, schema: list, unusable: list[str]) -> None:
         """Without ``skip_invalid``: every invalid record (TextVidError) or record without usable features."""
@@ -182,7 +184,8 @@ class TextVidDataset(_VisitRandomness, Dataset):
         """Write the rejects file, then report (or refuse) prompts cut off by ``max_seq_len``."""
         if rejected:
             path = Path(rejects) if rejects else rejects_path(self.data_path)
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
+            if self.main_process:
+                path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
             logger.warning("--skip-invalid: left out %d unusable record(s) of %s, listed in %s",
                            len(rejected), self.data_path, path)
         report_overlong(length["problems"], self.overlong, self.max_seq_len,

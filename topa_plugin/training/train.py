@@ -56,8 +56,10 @@ def build_processor(model_args: ModelArguments):
     return TopaProcessor(tokenizer, max_feats=model_args.max_feats)
 
 
-def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir: str | None = None):
-    """The training dataset; with ``output_dir``, TextVid rejects and the length-check cache go beside/into it."""
+def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir: str | None = None,
+                  main_process: bool = True):
+    """The training dataset; with ``output_dir``, TextVid rejects and the length-check cache go beside/into it
+    (the cache written by the main process only)."""
     from topa_plugin.features.writer import rejects_path
     from topa_plugin.training.samples import DataError
     from topa_plugin.training.textvid_dataset import TextVidDataset
@@ -70,13 +72,30 @@ def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir
         dataset = TextVidDataset
         specific = {"noise_variance": data_args.noise_variance, "question_mark": data_args.question_mark,
                     "skip_invalid": data_args.skip_invalid, "rejects": out and rejects_path(out),
-                    "length_cache": out and out / "textvid-length-check.json"}
+                    "length_cache": out and out / "textvid-length-check.json", "main_process": main_process}
     else:
         if data_args.skip_invalid:
             raise DataError("--skip_invalid applies to TextVid pretraining (--task pretrain) only")
         dataset, specific = VideoQADataset, {"layout": data_args.layout, "feature_fps": data_args.feature_fps}
     chosen = {k: v for k, v in {**common, **specific}.items() if v is not None}
     return dataset(data_args.data_path, data_args.feature_folder, processor, seed=seed, **chosen)
+
+
+def lora_targets(llm, names: str) -> list[str]:
+    """The comma-separated LoRA target names, each of which must name modules of ``llm``.
+
+    peft only fails when no name matches, so a family with fused projections (Phi3's ``qkv_proj``)
+    would otherwise get LoRA on ``o_proj`` alone without a word.
+    """
+    targets = [m.strip() for m in names.split(",") if m.strip()]
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
+    missing = [m for m in targets if m not in leaves]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in llm.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ValueError(f"--lora_target_modules: {', '.join(missing)} name no module of "
+                         f"{llm.config.model_type}; its linear layers are: {', '.join(linear)}")
+    return targets
 
 
 def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: torch.dtype):
@@ -103,9 +122,9 @@ def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: 
     if model_args.lora_r:
         import peft
 
+        targets = lora_targets(model.llm, model_args.lora_target_modules)
         lora = peft.LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                               lora_dropout=model_args.lora_dropout,
-                               target_modules=[m.strip() for m in model_args.lora_target_modules.split(",") if m.strip()])
+                               lora_dropout=model_args.lora_dropout, target_modules=targets)
         model.llm = peft.get_peft_model(model.llm, lora)
         for name, param in model.llm.named_parameters():
             if "lora_" in name:
@@ -132,7 +151,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     logger.info("effective batch %d, learning rate %.3g", training_args.effective_batch_size, training_args.learning_rate)
     transformers.set_seed(training_args.seed)
     processor = build_processor(model_args)
-    dataset = build_dataset(data_args, processor, training_args.seed, training_args.output_dir)
+    dataset = build_dataset(data_args, processor, training_args.seed, training_args.output_dir,
+                            main_process=training_args.process_index == 0)
     init_deepspeed_comm(training_args)
     model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args))
     logger.info("trainable parameters: %d", sum(p.numel() for p in model.parameters() if p.requires_grad))
