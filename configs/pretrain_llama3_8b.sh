@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
-# TOPA pre-alignment of Llama-3-8B on TextVid.
+# TOPA pre-alignment of Llama-3-8B on TextVid. Recipe: pretrain_llama3_8b (topa_plugin/training/configs/).
 # GPUs: 4 (the release used 4x A100 40GB). Effective batch: 448 = 14 per GPU x 8 accumulation x 4 GPUs.
-# Hyperparameters live in the shipped recipe pretrain_llama3_8b (topa_plugin/training/configs/); extra flags override it, e.g. --output_dir runs/x --report_to wandb.
+# Flags override the recipe, e.g. --output_dir runs/x --report_to wandb; NUM_GPUS and LAUNCHER: see launch.sh.
 # Without DeepSpeed: torchrun --nproc_per_node 4 -m topa_plugin.training.train --config pretrain_llama3_8b
-# Environment: NUM_GPUS overrides the GPU count, LAUNCHER the launcher command (default: deepspeed on NUM_GPUS GPUs).
-set -euo pipefail
 NUM_GPUS=${NUM_GPUS:-4}
-EFFECTIVE_BATCH=448
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-LAUNCHER=${LAUNCHER:-"deepspeed --num_gpus ${NUM_GPUS} --module"}
-$LAUNCHER topa_plugin.training.train --config pretrain_llama3_8b --deepspeed "$HERE/zero2.json" "$@"
+EFFECTIVE_BATCH=448  # stated for readers; the recipe's batch and accumulation give it on NUM_GPUS=4
+NUM_GPUS=$NUM_GPUS exec bash "$(dirname "${BASH_SOURCE[0]}")/launch.sh" pretrain_llama3_8b "$@"

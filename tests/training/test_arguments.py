@@ -50,7 +50,7 @@ def script_argv(script: Path) -> list[str]:
 
 
 def test_every_release_setting_has_a_script():
-    assert sorted(p.stem for p in CONFIGS.glob("*.sh")) == sorted(RELEASE)
+    assert sorted(p.stem for p in CONFIGS.glob("*.sh") if p.name != "launch.sh") == sorted(RELEASE)
 
 
 @pytest.mark.parametrize("name", sorted(RELEASE))
@@ -58,7 +58,7 @@ def test_launch_script_parses_with_the_release_hyperparameters(name):
     script = CONFIGS / f"{name}.sh"
     text = script.read_text()
     gpus = int(re.search(r"^NUM_GPUS=\$\{NUM_GPUS:-(\d+)\}$", text, re.MULTILINE).group(1))
-    stated = int(re.search(r"^EFFECTIVE_BATCH=(\d+)$", text, re.MULTILINE).group(1))
+    stated = int(re.search(r"^EFFECTIVE_BATCH=(\d+)\b", text, re.MULTILINE).group(1))
     argv = script_argv(script)
     # DeepSpeed is not installed here: check its config file, parse the rest.
     ds_index = argv.index("--deepspeed")
