@@ -153,11 +153,18 @@ def configured_embed_dim(model: str) -> int | None:
 
 def load_clip(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
               device: str | torch.device = "cpu", precision: str | None = None) -> ClipEncoder:
-    """Load an open_clip encoder.
+    """Load an open_clip encoder; its ``identity`` keys every feature cache, so features of
+    different encoders never mix.
 
-    model: open_clip name or path to a model-config JSON. pretrained: open_clip tag,
-    path to a weights file, or None for random weights. precision (one of CLIP_PRECISIONS)
-    defaults to fp16 on GPU and fp32 on CPU. Bad input raises ClipLoadError naming the file."""
+    Args:
+        model: an open_clip model name (``ViT-L-14``, the release's) or a model-config JSON path.
+        pretrained: an open_clip tag (``openai``), a weights file, or None for random weights.
+        device: where to run it.
+        precision: one of ``CLIP_PRECISIONS`` (default: fp16 on GPU, fp32 on CPU).
+
+    Raises:
+        ClipLoadError: bad model, config, weights or precision, naming the file.
+    """
     import open_clip
 
     device = torch.device(device)

@@ -363,9 +363,14 @@ def record_of(item: RawRecord) -> TextVidRecord:
 
 
 def read_textvid(path: str | os.PathLike) -> list[TextVidRecord]:
-    """Read a release ``.json`` list or a ``.jsonl`` file; raises TextVidError listing every problem.
+    """Read a whole TextVid file, holding every record in memory (for large files: ``scan_textvid``).
 
-    Holds every record in memory: for large files use ``scan_textvid``."""
+    Args:
+        path: the release's ``textvid.json`` (one JSON list) or a ``.jsonl`` file.
+
+    Raises:
+        TextVidError: listing every problem, each naming the file, line, record, id and field.
+    """
     records, problems = [], []
     for item, found in scan_textvid(path):
         problems += found
