@@ -134,3 +134,12 @@ def expected_predictions(checkpoint: Path, clip_config: Path, clip_weights: Path
         texts = [option.split(". ", 1)[1] for option in row["option"]]
         predictions.append(int(model.score_choices(features, row["question"], texts).argmin()))
     return predictions
+
+
+# EgoSchema-style lettered options, and a prompt as lmms-eval's EgoSchema task shows them.
+OPTIONS = ["A. c cooks a meal", "B. c cleans the kitchen", "C. c repairs a bicycle", "D. c paints a wall", "E. c plays"]
+
+
+def shown(question, options):
+    """A prompt as lmms-eval's EgoSchema task writes it: question, lettered options, instruction."""
+    return question + "\n" + "\n".join(options) + "\nAnswer with the option's letter from the given choices directly."

@@ -14,7 +14,9 @@ from lmms_eval.api.instance import Instance, unwrap_generation_output
 
 from tests.helpers.lmms_fixtures import (
     FEATURE_DIM,
+    OPTIONS,
     build_topa_checkpoint,
+    shown,
     write_garbage_video,
     write_zero_frame_video,
 )
@@ -22,13 +24,6 @@ from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.lmms import task_utils
 from topa_plugin.lmms.model import Topa, TopaRequestError
 from topa_plugin.lmms.request_log import RequestLog
-
-OPTIONS = ["A. c cooks a meal", "B. c cleans the kitchen", "C. c repairs a bicycle", "D. c paints a wall", "E. c plays"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, toy_llama_dir):
-    return build_topa_checkpoint(tmp_path_factory.mktemp("lmms_ckpt"), toy_llama_dir)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +52,6 @@ def generate(lm, docs, ctx="", gen_kwargs=None):
 
 def best_letter(lm, video, question, texts):
     return "ABCDE"[int(lm.model.score_choices(lm.features.get(video), question, texts).argmin())]
-
-
-def shown(question, options):
-    """A prompt as lmms-eval's EgoSchema task writes it: question, lettered options, instruction."""
-    return question + "\n" + "\n".join(options) + "\nAnswer with the option's letter from the given choices directly."
 
 
 def test_generate_until_ranks_the_options_the_prompt_shows_like_score_choices(lm, videos):

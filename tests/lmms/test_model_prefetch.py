@@ -11,16 +11,10 @@ pytest.importorskip("lmms_eval")
 
 from lmms_eval.api.instance import Instance
 
-from tests.helpers.lmms_fixtures import build_topa_checkpoint, write_garbage_video
-from tests.lmms.test_model import OPTIONS, shown
+from tests.helpers.lmms_fixtures import OPTIONS, shown, write_garbage_video
 from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.lmms import task_utils
 from topa_plugin.lmms.model import Topa, TopaRequestError
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, toy_llama_dir):
-    return build_topa_checkpoint(tmp_path_factory.mktemp("prefetch_ckpt"), toy_llama_dir)
 
 
 @pytest.fixture(scope="module")
