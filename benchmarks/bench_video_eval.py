@@ -166,15 +166,16 @@ def run_model(lm, paths: list[Path]) -> float:
     """Seconds per question through ``Topa.generate_until``: one EgoSchema-shaped question per clip."""
     from lmms_eval.api.instance import Instance
 
-    from tests.helpers.lmms_fixtures import ROWS
+    from tests.helpers.lmms_fixtures import ROWS, shown
     from topa_plugin.lmms.task_utils import doc_to_visual
 
     docs = [{"video_path": str(p), "question": ROWS[i % len(ROWS)][0],
              "option": [f"{'ABCDE'[j]}. {o}" for j, o in enumerate(ROWS[i % len(ROWS)][1])]}
             for i, p in enumerate(paths)]
     lm.task_dict = {"bench": {"test": docs}}
-    requests = [Instance("generate_until", ("", {}, doc_to_visual, i, "bench", "test"), 0,
-                         metadata={"task": "bench", "doc_id": i, "repeats": 1}) for i in range(len(docs))]
+    # the prompt shows the options, as lmms-eval's EgoSchema task writes it (the model ranks what it shows)
+    requests = [Instance("generate_until", (shown(d["question"], d["option"]), {}, doc_to_visual, i, "bench", "test"), 0,
+                         metadata={"task": "bench", "doc_id": i, "repeats": 1}) for i, d in enumerate(docs)]
     _, seconds = timed(lm.generate_until, requests)
     return seconds / len(docs)
 
