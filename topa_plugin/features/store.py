@@ -18,13 +18,15 @@ from typing import Any
 import torch
 
 from topa_plugin.features.validation import check_frame_features
+from topa_plugin.utils.constants import DTYPES as ALL_DTYPES
 
 VERSION = 2
 
 
 INDEX = "index.json"
 PROGRESS = "progress.jsonl"
-DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# Storage dtypes of a store: the half and full precision entries of the one dtype map.
+DTYPES = {name: ALL_DTYPES[name] for name in ("float16", "float32")}
 # Shards a reader keeps open (memory-mapped) at once.
 OPEN_SHARDS = 4
 # Index fields that must agree between a store and an extraction resuming into it.

@@ -29,10 +29,10 @@ from topa_plugin.lmms.choices import AmbiguousOptionsError, parse_options, quest
 from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource, VideoSourceError
 from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.processing import IGNORE_INDEX
+from topa_plugin.utils.constants import DTYPES
 
 MC_MODES = ("score", "generate")
 CAPTION_MODES = ("prompt", "release")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TopaRequestError(RuntimeError):
@@ -42,9 +42,9 @@ class TopaRequestError(RuntimeError):
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"topa: dtype={name!r}; use auto, {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    if name not in DTYPES:
+        raise ValueError(f"topa: dtype={name!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _until(gen_kwargs: dict) -> list[str]:
