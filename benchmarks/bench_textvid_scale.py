@@ -10,7 +10,7 @@ in its own process and reports its wall time and peak RSS:
     memory     topa memory build --size 100000
     train      TextVidDataset construction, what `topa train` does before the model loads:
                schema, feature index (frame counts) and every prompt's length, Llama-2-like tokenizer
-    restart    the same again, the prompt-length check now read from its cache
+    restart    the same again, the scan's outcome now read from its cache (keyed by content)
     baseline   no data: the imports and the toy CLIP every pass above starts from (torch alone
                is about 0.7 GB of RSS with its CUDA libraries)
 
@@ -108,11 +108,11 @@ def run_stage(stage: str, data: Path, work: Path, assets: dict) -> None:
         from topa_plugin.processing import TopaProcessor
         from topa_plugin.training.textvid_dataset import TextVidDataset
 
-        cache = work / f"length-check-{data.stem}.json"
+        cache = work / f"scan-{data.stem}.json"
         if stage == "train":
             cache.unlink(missing_ok=True)  # a first start; "restart" finds the cache
         processor = TopaProcessor(AutoTokenizer.from_pretrained(assets["tokenizer"]), max_feats=10)
-        status = 0 if len(TextVidDataset(data, store, processor, max_seq_len=150, length_cache=cache)) else 1
+        status = 0 if len(TextVidDataset(data, store, processor, max_seq_len=150, scan_cache=cache)) else 1
     if status:
         raise SystemExit(f"{stage} exited with {status}")
 

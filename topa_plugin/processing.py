@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from topa_plugin.utils.constants import PROCESSOR_FILE
+from topa_plugin.utils.token_counts import SegmentCounter
 
 IGNORE_INDEX = -100
 
@@ -190,7 +192,25 @@ class TopaProcessor:
         """Open-ended QA prompt; ``answer=None`` gives the generation prompt ending in "Answer:"."""
         return self.build(self.open_ended_template(question, answer, question_mark))
 
+    @cached_property
+    def _segment_counter(self) -> SegmentCounter | None:
+        return SegmentCounter.for_tokenizer(self.tokenizer)
+
+    def __getstate__(self):  # the counter's cache and closures stay in this process
+        return {k: v for k, v in self.__dict__.items() if k != "_segment_counter"}
+
     def count_tokens(self, texts: list[str]) -> list[int]:
+        """``len(encode_text(t))`` for each text: by cached whitespace segments where that is provably
+        exact (``SegmentCounter``: Llama-2-style tokenizers), else by the tokenizer."""
+        if self._segment_counter is None:
+            return self.tokenize_counts(texts)
+        counts = self._segment_counter(texts)
+        missing = [i for i, n in enumerate(counts) if n is None]
+        for i, n in zip(missing, self.tokenize_counts([texts[i] for i in missing])):
+            counts[i] = n
+        return counts
+
+    def tokenize_counts(self, texts: list[str]) -> list[int]:
         """``len(encode_text(t))`` for each text, in one batched tokenizer call (straight to the Rust
         tokenizer when there is one: the Python wrapper costs as much as the tokenizing)."""
         if not texts:

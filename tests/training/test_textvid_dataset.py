@@ -1,5 +1,5 @@
 """TextVidDataset at scale: records read back from their byte spans, --skip_invalid with rejects,
-frame counts checked against the store index, and the content-keyed length-check cache."""
+frame counts checked against the store index, and the content-keyed start-up scan cache."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from topa_plugin.textvid import TextVidError, sample_path
-from topa_plugin.training import textvid_dataset
 from topa_plugin.training.samples import DataError
 from topa_plugin.training.textvid_dataset import TextVidDataset
 
@@ -62,32 +61,59 @@ def test_skip_invalid_leaves_out_bad_records_and_lists_why(processor, records, t
     assert len(samples(ds, epochs=1)) == len(records) - 3
 
 
-def test_length_check_is_cached_by_content(processor, records, tmp_path, monkeypatch):
+def _no_scan(*args, **kwargs):
+    raise AssertionError("the file was scanned again")
+
+
+def test_the_start_up_scan_is_cached_by_content(processor, records, tmp_path, monkeypatch):
+    from topa_plugin.textvid import records as records_module
+
     store = write_store(tmp_path / "store", {r.idx: random_frames(len(r.frames), i) for i, r in enumerate(records)})
     data = tmp_path / "data.jsonl"
     data.write_bytes(sample_path().read_bytes())
-    cache = tmp_path / "out" / "lengths.json"
-    first = TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", length_cache=cache)
+    cache = tmp_path / "out" / "scan.json"
+    first = TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
     assert cache.is_file() and first.usable_qas  # some QAs are cut off at 155
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("the length check ran again")
-
-    monkeypatch.setattr(textvid_dataset, "truncation_problems", no_scan)
-    again = TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", length_cache=cache)
-    assert (again.positions, again.usable_qas) == (first.positions, first.usable_qas)
-    with pytest.raises(AssertionError, match="ran again"):  # another max_seq_len is another key
-        TextVidDataset(data, store, processor, max_seq_len=160, overlong="skip", length_cache=cache)
+    monkeypatch.setattr(records_module, "scan_textvid", _no_scan)
+    again = TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
+    assert (again.positions, again.usable_qas, again.kept.ids) == (first.positions, first.usable_qas, first.kept.ids)
+    assert (list(again.kept.offsets), list(again.kept.sizes)) == (list(first.kept.offsets), list(first.kept.sizes))
+    assert samples(again, epochs=1)[0][:3] == samples(first, epochs=1)[0][:3]
+    with pytest.raises(AssertionError, match="scanned again"):  # another max_seq_len is another key
+        TextVidDataset(data, store, processor, max_seq_len=160, overlong="skip", scan_cache=cache)
+    with pytest.raises(AssertionError, match="scanned again"):  # so is another overlong policy
+        TextVidDataset(data, store, processor, max_seq_len=155, scan_cache=cache)
     text = sample_path().read_bytes()
     data.write_bytes(text.replace(b"grey sweater", b"gray sweater"))  # any changed byte is another key
-    with pytest.raises(AssertionError, match="ran again"):
-        TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", length_cache=cache)
+    with pytest.raises(AssertionError, match="scanned again"):
+        TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
     data.write_bytes(text)
-    with pytest.raises(DataError, match="lose their whole answer"):  # cached problems still stop an error run
-        TextVidDataset(data, store, processor, max_seq_len=155, length_cache=cache)
+    other = write_store(tmp_path / "other", {r.idx: random_frames(len(r.frames) + (i == 0), i) for i, r in enumerate(records)})
+    with pytest.raises(AssertionError, match="scanned again"):  # another feature index: another key
+        TextVidDataset(data, other, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
 
 
-def test_train_writes_rejects_beside_and_the_length_cache_into_its_output_dir(processor, records, tmp_path):
+def test_a_cached_scan_still_writes_rejects_and_a_failing_scan_is_not_cached(processor, records, tmp_path, monkeypatch):
+    from topa_plugin.textvid import records as records_module
+
+    store = write_store(tmp_path / "store", {r.idx: random_frames(len(r.frames), i)
+                                             for i, r in enumerate(records) if i != 3})
+    cache, rejects = tmp_path / "scan.json", tmp_path / "run.rejects.jsonl"
+    with pytest.raises(DataError, match="without usable features"):
+        TextVidDataset(sample_path(), store, processor, max_seq_len=512, scan_cache=cache)
+    assert not cache.exists()
+    TextVidDataset(sample_path(), store, processor, max_seq_len=512, skip_invalid=True, rejects=rejects,
+                   scan_cache=cache)
+    listed = rejects.read_text()
+    rejects.unlink()
+    monkeypatch.setattr(records_module, "scan_textvid", _no_scan)
+    again = TextVidDataset(sample_path(), store, processor, max_seq_len=512, skip_invalid=True, rejects=rejects,
+                           scan_cache=cache)
+    assert rejects.read_text() == listed and records[3].idx not in again.kept.ids
+
+
+def test_train_writes_rejects_beside_and_the_scan_cache_into_its_output_dir(processor, records, tmp_path):
     from topa_plugin.training.arguments import DataArguments
     from topa_plugin.training.train import build_dataset
 
@@ -95,7 +121,7 @@ def test_train_writes_rejects_beside_and_the_length_cache_into_its_output_dir(pr
                                              for i, r in enumerate(records) if i != 2})
     args = DataArguments(data_path=str(sample_path()), feature_folder=str(store), max_seq_len=512, skip_invalid=True)
     ds = build_dataset(args, processor, 0, str(tmp_path / "run"))
-    assert len(ds) == len(records) - 1 and (tmp_path / "run" / "textvid-length-check.json").is_file()
+    assert len(ds) == len(records) - 1 and (tmp_path / "run" / "textvid-scan.json").is_file()
     assert json.loads((tmp_path / "run.rejects.jsonl").read_text())["id"] == records[2].idx
     with pytest.raises(DataError, match="--skip_invalid applies to TextVid pretraining"):
         build_dataset(DataArguments(data_path="qa.csv", feature_folder=str(store), task="finetune",

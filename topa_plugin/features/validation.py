@@ -24,10 +24,11 @@ def check_frame_features(features, source: str, error: type[ValueError] = Featur
 
     rows = features.detach()
     rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim >= 2 else rows.reshape(1, -1)
-    bad = ~torch.isfinite(rows).all(dim=1)
+    largest = rows.abs().amax(dim=1)  # NaN propagates; one pass serves both checks
+    bad = ~torch.isfinite(largest)
     if bad.any():
         raise error(f"{source}: frame(s) {_rows(bad)} hold NaN or infinite values")
-    zero = (rows == 0).all(dim=1)
+    zero = largest == 0
     if zero.any():
         raise error(f"{source}: frame(s) {_rows(zero)} are zero vectors (no direction to normalise)")
     return features

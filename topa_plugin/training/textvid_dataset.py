@@ -30,6 +30,8 @@ prompt's length by a token).
 
 The file is read once as a stream at construction; the dataset keeps each usable record's byte
 span and reads the record again when it is visited, so memory does not grow with the file's text.
+With ``scan_cache`` the outcome of that pass is kept, keyed by content (``scan_cache.py``): a
+restart on the same file, features, tokenizer and settings reads no record.
 """
 
 from __future__ import annotations
@@ -45,12 +47,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from topa_plugin.features.store import INDEX
 from topa_plugin.features.writer import rejects_path
-from topa_plugin.training.length_cache import (
-    length_check_key,
-    load_length_check,
-    save_length_check,
-)
 from topa_plugin.training.samples import (
     MULTIPLE_CHOICE,
     OPEN_ENDED,
@@ -67,6 +65,7 @@ from topa_plugin.training.samples import (
     report_overlong,
     truncation_problems,
 )
+from topa_plugin.training.scan_cache import load_scan, save_scan, scan_key
 
 logger = logging.getLogger(__name__)
 # Records whose prompts are length-checked together (one batched tokenizer call).
@@ -91,6 +90,15 @@ class _Kept:
         self.sizes.append(item.size)
         self.ids.append(record.idx)
 
+    def to_json(self) -> dict:
+        return {"positions": self.positions, "offsets": self.offsets.tolist(), "sizes": self.sizes.tolist(),
+                "ids": self.ids, "usable_qas": self.usable_qas}
+
+    @classmethod
+    def from_json(cls, d: dict) -> _Kept:
+        return cls(d["positions"], array("q", d["offsets"]), array("q", d["sizes"]), d["ids"],
+                   {int(k): v for k, v in d["usable_qas"].items()})
+
 
 class TextVidDataset(_VisitRandomness, Dataset):
     """TextVid records + their fused textual frame features -> TOPA training samples."""
@@ -98,7 +106,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
     def __init__(self, data_path: str | Path, feature_folder: str | Path, processor, *, max_seq_len: int = 150,
                  answer_balance: bool = True, noise_variance: float = 0.0, seed: int = 0,
                  check_lengths: bool = True, overlong: str = "error", question_mark: str = "always",
-                 skip_invalid: bool = False, rejects: str | Path | None = None, length_cache: str | Path | None = None,
+                 skip_invalid: bool = False, rejects: str | Path | None = None, scan_cache: str | Path | None = None,
                  main_process: bool = True):
         self.data_path = str(data_path)
         self.processor = processor
@@ -109,26 +117,28 @@ class TextVidDataset(_VisitRandomness, Dataset):
         self.seed, self.epoch = seed, 0
         self.features = _FeatureSource(feature_folder, [], self.data_path, "idx")
         self.check_lengths, self.overlong = check_lengths, check_policy(overlong)
-        self.length_cache = Path(length_cache) if length_cache else None
+        self.scan_cache = Path(scan_cache) if scan_cache else None
         self.main_process = main_process  # the one writer of the rejects and cache files (global rank 0)
         self.kept = _Kept()
-        self._scan(skip_invalid, rejects)
+        key = self._scan_key(skip_invalid)
+        cached = load_scan(self.scan_cache, key) if key else None
+        if cached is None:
+            rejected, length = self._scan(skip_invalid)
+        else:
+            self.kept, rejected, length = _Kept.from_json(cached["kept"]), cached["rejected"], cached["length"]
+        self._report(rejected, rejects, length)
+        if key and cached is None and self.main_process:
+            save_scan(self.scan_cache, key, {"kept": self.kept.to_json(), "rejected": rejected, "length": length})
 
     # ------------------------------------------------------------ construction
 
-    def _load_length_cache(self) -> str | None:
-        """The length-check cache key (None: no cache); fills ``_cached`` on a hit."""
-        self._cached = None
-        if not (self.check_lengths and self.length_cache):
+    def _scan_key(self, skip_invalid: bool) -> str | None:
+        """The start-up scan's cache key (None: no cache)."""
+        if not self.scan_cache:
             return None
-        key = length_check_key(self.data_path, self.processor, self.max_seq_len, self.question_mark)
-        found = None if key is None else load_length_check(self.length_cache, key)
-        if found is not None:
-            logger.info("prompt lengths of %s: from the cache %s", self.data_path, self.length_cache)
-            self._cached = {}
-            for position, q, task, why in found:
-                self._cached.setdefault(position, []).append((q, task, why))
-        return key
+        settings = {"max_seq_len": self.max_seq_len, "question_mark": self.question_mark, "check_lengths":
+                    self.check_lengths, "overlong": self.overlong, "skip_invalid": skip_invalid}
+        return scan_key(self.data_path, self.features.store.directory / INDEX, self.processor, settings)
 
     def _feature_problem(self, record) -> str | None:
         """Why the store cannot serve this record (missing, or another frame count), or None."""
@@ -140,13 +150,13 @@ class TextVidDataset(_VisitRandomness, Dataset):
             return f"frames: {len(record.frames)} frames but {n} feature rows in {self.features.folder}"
         return None
 
-    def _scan(self, skip_invalid: bool, rejects: str | Path | None) -> None:
-        """One streamed pass: schema, features and (batched) prompt lengths of every record."""
+    def _scan(self, skip_invalid: bool) -> tuple[list[dict], dict]:
+        """One streamed pass: schema, features and (batched) prompt lengths of every record; fills
+        ``kept`` and returns (records left out, the length check's findings)."""
         from topa_plugin.textvid.records import TextVidError, record_of, scan_textvid
 
         schema, unusable, rejected, pending = [], [], [], []
-        length = {"problems": [], "found": [], "qas": 0, "records": 0}
-        key = self._load_length_cache()
+        length = {"problems": [], "qas": 0, "records": 0}
         for item, problems in scan_textvid(self.data_path, desc=f"reading {Path(self.data_path).name}"):
             if item is None:
                 raise TextVidError(problems)
@@ -165,9 +175,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
         self._keep(pending, length)
         if not skip_invalid:
             self._refuse(schema, unusable)
-        self._report(rejected, rejects, length)
-        if key is not None and self._cached is None and self.main_process:
-            save_length_check(self.length_cache, key, length["found"])  # only once the data is usable
+        return rejected, length
 
     def _refuse(self, schema: list, unusable: list[str]) -> None:
         """Without ``skip_invalid``: every invalid record (TextVidError) or record without usable features."""
@@ -205,8 +213,6 @@ class TextVidDataset(_VisitRandomness, Dataset):
 
     def _cut_off(self, batch: list) -> list[tuple[int, int | None, str, str]]:
         """(batch row, QA index or None, task, why) of each prompt whose answer ``max_seq_len`` cuts off."""
-        if self._cached is not None:
-            return [(n, q, task, why) for n, (item, _) in enumerate(batch) for q, task, why in self._cached.get(item.index, [])]
         prompts = [(n, q, task, t) for n, (_, record) in enumerate(batch) for q, task, t in self._templates(record)]
         found = truncation_problems(self.processor, [p[3] for p in prompts], self.max_seq_len)
         return [(n, q, task, why) for (n, q, task, _), why in zip(prompts, found) if why]
@@ -218,7 +224,6 @@ class TextVidDataset(_VisitRandomness, Dataset):
             item, record = batch[n]
             field = "global_video_caption" if q is None else f"QAs[{q}]"
             length["problems"].append(f"{self._at(item.index, record.idx)}: {field} as {task}: {why}")
-            length["found"].append([item.index, q, task, why])
             bad.setdefault(n, set()).add(q)
         for n, (item, record) in enumerate(batch):
             bad_qas = bad.get(n, set())

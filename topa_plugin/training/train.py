@@ -58,8 +58,8 @@ def build_processor(model_args: ModelArguments):
 
 def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir: str | None = None,
                   main_process: bool = True):
-    """The training dataset; with ``output_dir``, TextVid rejects and the length-check cache go beside/into it
-    (the cache written by the main process only)."""
+    """The training dataset; with ``output_dir``, TextVid rejects and the start-up scan cache go beside/into it
+    (both written by the main process only)."""
     from topa_plugin.features.writer import rejects_path
     from topa_plugin.training.samples import DataError
     from topa_plugin.training.textvid_dataset import TextVidDataset
@@ -72,7 +72,7 @@ def build_dataset(data_args: DataArguments, processor, seed: int = 0, output_dir
         dataset = TextVidDataset
         specific = {"noise_variance": data_args.noise_variance, "question_mark": data_args.question_mark,
                     "skip_invalid": data_args.skip_invalid, "rejects": out and rejects_path(out),
-                    "length_cache": out and out / "textvid-length-check.json", "main_process": main_process}
+                    "scan_cache": out and out / "textvid-scan.json", "main_process": main_process}
     else:
         if data_args.skip_invalid:
             raise DataError("--skip_invalid applies to TextVid pretraining (--task pretrain) only")
