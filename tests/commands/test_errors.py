@@ -1,13 +1,16 @@
 """Every bad input found so far, through the real `topa` CLI: exit status 2 and one line,
 ``topa <command>: error: <what, naming the file/record/field>``, never a traceback.
 
-One table drives both runners: ``cli.main`` in this process (stderr captured) for every case, and the
-installed ``topa`` script in a subprocess for a representative subset.
+One table drives three runners: ``cli.main`` in this process (stderr captured) for every case, the
+installed ``topa`` script in a subprocess for a representative subset, and, for the training flags
+the pre-flight refuses, ``python -m topa_plugin.training.train`` in a subprocess, as torchrun and
+deepspeed start it (one line ``python -m topa_plugin.training.train: error: ...``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -24,6 +27,9 @@ from tests.helpers.lmms_fixtures import build_topa_checkpoint
 from topa_plugin.cli import main
 from topa_plugin.textvid import read_textvid, sample_path
 from topa_plugin.textvid.records import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout under test, for the subprocesses' PYTHONPATH
+TRAIN_MODULE = "topa_plugin.training.train"
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +90,7 @@ class Case:
     message: str  # regex the one error line must match after "topa <command>: error: "
     command: str
     subprocess: bool = False
+    module: bool = False  # a training launch refused before the model loads: also run as `python -m TRAIN_MODULE`
 
 
 CASES = [
@@ -150,20 +157,24 @@ CASES = [
          r"--model .*no_model: cannot load it as a local transformers model", "textvid generate"),
     Case("train-config-missing", lambda ws: train(ws, "--config", str(ws.root / "nowhere.yaml"),
                                                   "--model_name_or_path", str(ws.llama)),
-         r"--config .*nowhere.yaml: no such file", "train", subprocess=True),
+         r"--config .*nowhere.yaml: no such file", "train", subprocess=True, module=True),
+    Case("train-unknown-flag", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), "--adapter_lenght", "4"),
+         r"unrecognized arguments: --adapter_lenght 4 \(see .* --help\)$", "train", module=True),
+    Case("train-bad-int", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), "--max_steps", "ten"),
+         r"argument --max_steps\S*: invalid int value: 'ten'", "train", module=True),
     Case("train-bad-model", lambda ws: train(ws, "--model_name_or_path", str(ws.root / "no_llm")),
-         r"--model_name_or_path .*no_llm: not a Hugging Face model folder", "train"),
+         r"--model_name_or_path .*no_llm: not a Hugging Face model folder", "train", module=True),
     Case("train-bad-init-from", lambda ws: train(ws, "--init_from", str(ws.root / "no_plugin")),
-         r"--init_from .*no_plugin: no config.json there", "train"),
+         r"--init_from .*no_plugin: no config.json there", "train", module=True),
     Case("train-init-from-with-missing-llm", lambda ws: train(ws, "--init_from", str(ws.plugin),
                                                               "--model_name_or_path", str(ws.root / "no_llm")),
          r"--model_name_or_path .*no_llm: .*with --init_from the LLM comes from the checkpoint", "train"),
     Case("train-init-from-adapter-len", lambda ws: train(ws, "--init_from", str(ws.plugin), "--adapter_len", "8"),
-         r"--adapter_len 8 contradicts --init_from .*plugin, whose adapter_len is 4", "train"),
+         r"--adapter_len 8 contradicts --init_from .*plugin, whose adapter_len is 4", "train", module=True),
     Case("train-init-from-max-feats", lambda ws: train(ws, "--init_from", str(ws.plugin), "--max_feats", "5"),
          r"--max_feats 5 contradicts --init_from .*plugin, whose max_feats is 10", "train"),
     Case("train-textvid-folder", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), data=ws.root),
-         r"--data_path .*: is a folder", "train"),
+         r"--data_path .*: is a folder", "train", module=True),
     Case("train-empty-textvid", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), data=ws.root / "empty.json"),
          r"empty.json: no records", "train"),
     Case("train-truncated-index", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), features=ws.truncated),
@@ -173,13 +184,13 @@ CASES = [
 ]
 
 
-def _check(status: int, stderr: str, case: Case) -> None:
+def _check(status: int, stderr: str, case: Case, prog: str | None = None) -> None:
     assert "Traceback" not in stderr, stderr
-    prefix = f"topa {case.command}: error: "
+    prefix = f"{prog or 'topa ' + case.command}: error: "
     lines = [line for line in re.split(r"[\r\n]+", stderr) if line.strip()]
     errors = [line[line.index(prefix):] for line in lines if prefix in line]
     assert len(errors) == 1, stderr
-    if case.command != "train":  # training logs and progress bars (which end without a newline) come first
+    if case.command != "train" or case.module:  # training logs and progress bars come first, unless refused before
         assert lines == errors, stderr
     assert re.search(case.message, errors[0][len(prefix):]), errors[0]
     assert status == 2, stderr
@@ -203,3 +214,30 @@ def test_bad_input_through_the_topa_process(case, ws):
     done = subprocess.run([*command, *case.argv(ws)], cwd=ws.root,
                           capture_output=True, text=True, timeout=300, check=False)
     _check(done.returncode, done.stderr, case)
+
+
+def _module_env() -> dict[str, str]:
+    """This checkout first on the path, so the subprocess runs the code under test."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.module], ids=[c.id for c in CASES if c.module])
+def test_bad_training_flags_through_the_module_entry_point(case, ws):
+    """The command torchrun and deepspeed run (configs/launch.sh, the README) reports as `topa train` does."""
+    argv = case.argv(ws)
+    assert argv[0] == "train"
+    done = subprocess.run([sys.executable, "-m", TRAIN_MODULE, *argv[1:]], cwd=ws.root, env=_module_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    _check(done.returncode, done.stderr, case, prog=f"python -m {TRAIN_MODULE}")
+
+
+@pytest.mark.slow
+def test_module_help_is_not_blocked_by_the_preflight(ws):
+    """--help prints the training parser's full help and exits 0, even beside a flag the pre-flight would refuse."""
+    done = subprocess.run([sys.executable, "-m", TRAIN_MODULE, "--model_name_or_path", str(ws.root / "no_llm"),
+                           "--help"], cwd=ws.root, env=_module_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0 and "error:" not in done.stderr, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {TRAIN_MODULE} ")
+    assert all(flag in done.stdout for flag in ("--model_name_or_path", "--init_from", "--deepspeed", "--adapter_len"))

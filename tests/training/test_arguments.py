@@ -14,7 +14,7 @@ import pytest
 import transformers
 
 from topa_plugin.training import llava_compat
-from topa_plugin.training.arguments import check_world_size, parse_arguments
+from topa_plugin.training.arguments import LaunchError, check_world_size, parse_arguments
 from topa_plugin.training.trainer import decays
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -138,16 +138,16 @@ def test_unset_data_settings_take_the_datasets_release_defaults_and_overlong_is_
     assert all(d["check_lengths"].default is True and d["overlong"].default == "error" for d in (textvid, videoqa))
     _, data_args, _ = parse_arguments(REQUIRED + ["--overlong", "skip", "--check_lengths", "False"])
     assert data_args.overlong == "skip" and data_args.check_lengths is False
-    with pytest.raises(SystemExit):
+    with pytest.raises(LaunchError, match=r"argument --overlong: invalid choice: 'truncate'"):
         parse_arguments(REQUIRED + ["--overlong", "truncate"])
 
 
 def test_missing_inputs_are_rejected():
-    with pytest.raises(SystemExit):
+    with pytest.raises(LaunchError, match="--data_path and --feature_folder are required"):
         parse_arguments(["--model_name_or_path", "llm", "--use_cpu", "True"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(LaunchError, match="give --model_name_or_path"):
         parse_arguments(["--data_path", "d", "--feature_folder", "f", "--use_cpu", "True"])
-    with pytest.raises(SystemExit, match="lora_r"):
+    with pytest.raises(LaunchError, match="lora_r"):
         parse_arguments(REQUIRED + ["--lora_r", "8"])
 
 
@@ -192,7 +192,7 @@ def test_a_launch_the_trainer_does_not_see_whole_is_refused(monkeypatch):
     from types import SimpleNamespace
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit, match=r"started 2 processes \(WORLD_SIZE\) but the trainer sees 1: .* --use_cpu True"):
+    with pytest.raises(LaunchError, match=r"started 2 processes \(WORLD_SIZE\) but the trainer sees 1: .* --use_cpu True"):
         check_world_size(SimpleNamespace(world_size=1))
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_world_size(SimpleNamespace(world_size=1))
@@ -237,7 +237,7 @@ def test_shipped_recipes_resolve_by_name_and_by_model_folder(tmp_path):
     own = tmp_path / "pretrain_llama2_7b"
     own.write_text("seed: 3\n")
     assert resolve_config(str(own)) == own  # a file wins over a recipe name
-    with pytest.raises(SystemExit, match="no shipped recipe of that name.*pretrain_llama2_7b"):
+    with pytest.raises(LaunchError, match="no shipped recipe of that name.*pretrain_llama2_7b"):
         resolve_config("pretrain_llama9")
 
 

@@ -78,13 +78,16 @@ def test_unreadable_config_names_the_file_and_position(tmp_path):
         parse_arguments(FLAGS + ["--deepspeed", str(tmp_path / "missing.json")])
 
 
-def test_a_bad_config_stops_the_entry_point_before_anything_loads(tmp_path, monkeypatch):
+def test_a_bad_config_stops_the_entry_point_before_anything_loads(tmp_path, monkeypatch, capsys):
     def no_loading(*args, **kwargs):
         raise AssertionError("the tokenizer/model started loading before the DeepSpeed config was checked")
 
     monkeypatch.setattr(train_module, "build_processor", no_loading)
     monkeypatch.setattr(train_module, "build_model", no_loading)
     path = write_config(tmp_path, zero_allgather_bucket_size="auto")
-    with pytest.raises(DeepSpeedConfigError, match="allgather_bucket_size"):
-        train_module.main(FLAGS + ["--deepspeed", str(path), "--output_dir", str(tmp_path / "out")])
+    assert train_module.main(FLAGS + ["--deepspeed", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.splitlines()  # the error line, then every bad key on its own line
+    assert lines[0] == f"python -m topa_plugin.training.train: error: {path}: this DeepSpeed config cannot work " \
+                       "with these flags:"
+    assert len(lines) == 2 and lines[1].startswith(f"{path}: zero_optimization.allgather_bucket_size: ")
     assert not (tmp_path / "out").exists()

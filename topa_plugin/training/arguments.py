@@ -1,5 +1,9 @@
 """Training arguments: LLaVA's ``ModelArguments``/``DataArguments``/``TrainingArguments`` names plus
-TOPA's, parsed by ``HfArgumentParser`` with an optional YAML ``--config`` underneath the flags."""
+TOPA's, parsed by ``HfArgumentParser`` with an optional YAML ``--config`` underneath the flags.
+
+Every refusal, the parser's own usage errors included, is a ``LaunchError`` carrying one line, so
+that each entry point (``topa train``, ``python -m topa_plugin.training.train`` under torchrun or
+deepspeed) reports it as ``<prog>: error: <message>`` instead of argparse's usage block or a traceback."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import transformers
@@ -17,10 +22,15 @@ from topa_plugin.processing import QUESTION_MARK_RULES
 from topa_plugin.training.deepspeed_config import DeepSpeedConfigError, check_deepspeed_config
 from topa_plugin.training.llava_compat import BACKENDS, default_backend
 from topa_plugin.training.samples import OVERLONG_POLICIES
+from topa_plugin.utils.errors import first_line
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 TASKS = ("pretrain", "finetune")
+
+
+class LaunchError(ValueError):
+    """Training flags (or their ``--config``) that cannot start a run; the message is one line naming the flag or file."""
 
 
 @dataclass
@@ -84,9 +94,9 @@ class TrainingArguments(transformers.TrainingArguments):
     def __post_init__(self):
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+                raise LaunchError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             if self.warmup_steps:
-                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
+                raise LaunchError("give --warmup_ratio or --warmup_steps, not both")
             self.warmup_steps = self.warmup_ratio  # transformers 5 reads a value below 1 as a ratio
         if not self.use_cpu and not torch.accelerator.is_available():
             # Without it accelerate sees one process on a CPU-only host: torchrun ranks train as
@@ -114,12 +124,20 @@ def check_world_size(training_args: TrainingArguments) -> None:
     """A launcher that started N processes must give a trainer that sees N (else N independent runs)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != training_args.world_size:
-        raise SystemExit(f"the launcher started {launched} processes (WORLD_SIZE) but the trainer sees "
-                         f"{training_args.world_size}: on a host without GPUs add --use_cpu True")
+        raise LaunchError(f"the launcher started {launched} processes (WORLD_SIZE) but the trainer sees "
+                          f"{training_args.world_size}: on a host without GPUs add --use_cpu True")
 
 
-def build_parser(prog: str | None = None) -> transformers.HfArgumentParser:
-    return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog=prog)
+class TrainingParser(transformers.HfArgumentParser):
+    """``HfArgumentParser`` whose usage errors (a bad value, an unknown flag) raise ``LaunchError``:
+    argparse would print its whole usage block, hundreds of lines for the training flags, and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LaunchError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser(prog: str | None = None) -> TrainingParser:
+    return TrainingParser((ModelArguments, DataArguments, TrainingArguments), prog=prog)
 
 
 def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -130,7 +148,7 @@ def _pop_config(argv: list[str]) -> tuple[str | None, list[str]]:
         if arg == "--config":
             config = next(it, None)
             if config is None:
-                raise SystemExit("--config needs a YAML file path")
+                raise LaunchError("--config needs a YAML file path")
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
         else:
@@ -143,15 +161,20 @@ def yaml_to_argv(path: str | Path, parser: transformers.HfArgumentParser) -> lis
     import yaml
 
     path = Path(path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:  # its message spans lines; the mark says where
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+        raise LaunchError(f"{path}: {where}not valid YAML ({getattr(e, 'problem', None) or first_line(e)})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of argument names to values")
+        raise LaunchError(f"{path}: expected a mapping of argument names to values")
     known = parser._option_string_actions
     argv = []
     for key, value in data.items():
         flag = f"--{key}"
         if flag not in known:
-            raise ValueError(f"{path}: {key}: unknown argument (see `python -m topa_plugin.training.train --help`)")
+            raise LaunchError(f"{path}: {key}: unknown argument (see `python -m topa_plugin.training.train --help`)")
         if value is None:
             continue
         if isinstance(value, list):
@@ -180,23 +203,33 @@ def resolve_config(config: str) -> Path:
     if config.removesuffix(".yaml") in shipped:
         return shipped[config.removesuffix(".yaml")]
     names = ", ".join(sorted(name for name in shipped if "/" not in name))
-    raise SystemExit(f"--config {config}: no such file, and no shipped recipe of that name (shipped: {names})")
+    raise LaunchError(f"--config {config}: no such file, and no shipped recipe of that name (shipped: {names})")
+
+
+def with_config(argv: list[str], parser: TrainingParser) -> list[str]:
+    """``argv`` with ``--config PATH`` replaced by the YAML's flags, put first so that the given flags override them."""
+    config, rest = _pop_config(argv)
+    return [*yaml_to_argv(resolve_config(config), parser), *rest] if config else rest
 
 
 def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse (YAML defaults +) flags, check the combination, and apply ``--base_learning_rate``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
-    config, argv = _pop_config(argv)
-    if config:
-        argv = yaml_to_argv(resolve_config(config), parser) + argv
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return parse_flags(parser, with_config(list(sys.argv[1:] if argv is None else argv), parser))
+
+
+def parse_flags(parser: TrainingParser, argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """``parse_arguments`` for flags whose ``--config`` is already expanded (``with_config``)."""
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    model_args, data_args, training_args = parsed
     if not data_args.data_path or not data_args.feature_folder:
-        raise SystemExit("--data_path and --feature_folder are required")
+        raise LaunchError("--data_path and --feature_folder are required")
     if not model_args.model_name_or_path and not model_args.init_from:
-        raise SystemExit("give --model_name_or_path (the frozen LLM) or --init_from (a TOPA plugin directory)")
+        raise LaunchError("give --model_name_or_path (the frozen LLM) or --init_from (a TOPA plugin directory)")
     if model_args.lora_r and data_args.task != "finetune":
-        raise SystemExit("--lora_r is for --task finetune (pre-alignment keeps the LLM frozen)")
+        raise LaunchError("--lora_r is for --task finetune (pre-alignment keeps the LLM frozen)")
     check_world_size(training_args)
     if training_args.deepspeed:
         check_deepspeed_config(training_args)

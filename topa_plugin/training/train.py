@@ -15,6 +15,9 @@ The learning rate warms up linearly, then follows a half cosine to 0; ``--base_l
 Launchers: plain, ``torchrun`` (one or several nodes) or ``deepspeed`` with ``configs/zero2.json`` /
 ``zero3.json`` (checked against the flags before the model loads, ``deepspeed_config.py``). On a
 host without GPUs ``--use_cpu`` defaults to True, so the same commands run on CPU (gloo).
+Whatever the launcher, ``main`` first runs the pre-flight (``preflight.py``): flags that cannot work
+stop every rank with one ``<prog>: error: <message>`` line on stderr and exit status 2, before the
+model loads.
 
 Checkpoints hold only trainables (``adapter_model.safetensors``, ``lora_model.safetensors`` with
 LoRA) plus optimizer/scheduler/RNG/trainer state; the frozen LLM is never written. The final
@@ -31,7 +34,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from topa_plugin.training.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
+from topa_plugin.training.arguments import DataArguments, LaunchError, ModelArguments, TrainingArguments
+from topa_plugin.training.preflight import preflight
 from topa_plugin.training.resume import resume_checkpoint
 from topa_plugin.training.trainer import EpochSetter, save_final, topa_trainer_class
 
@@ -171,8 +175,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m topa_plugin.training.train") -> int:
+    """Train; flags the pre-flight refuses print ``<prog>: error: <message>`` and return 2 (``prog`` names the
+    entry point the user typed: ``topa train`` or the module run by torchrun / deepspeed)."""
+    try:
+        arguments = preflight(list(sys.argv[1:] if argv is None else argv), prog)
+    except LaunchError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(*parse_arguments(argv, prog))
+    run(*arguments)
     return 0
 
 
