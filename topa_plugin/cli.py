@@ -44,7 +44,8 @@ def _name_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from topa_plugin.commands import CommandFailed, fail, input_errors
+    from topa_plugin.commands import CommandFailed, fail
+    from topa_plugin.utils.errors import input_errors
 
     parser = build_parser()
     # A command that wraps another tool (``topa eval``) sets ``passthrough`` and receives the

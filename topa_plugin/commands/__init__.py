@@ -2,13 +2,12 @@
 
 Handlers are ``run`` (or ``run_<action>`` for commands with actions) and return an exit status;
 ``fail`` is their one way to report a user error. A handler that lets one of the project's input
-errors escape (``input_errors``) gets the same one-line report from ``topa_plugin.cli``, never a traceback.
+errors escape (``utils.errors.input_errors``) gets the same one-line report from ``topa_plugin.cli``, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -62,25 +61,3 @@ def check_output_file(command: str, out: str | Path) -> Path:
     if out.is_dir():
         fail(command, f"--out {out}: is a folder; give a file path")
     return out
-
-
-def input_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean bad user input (their messages name the file, record or field).
-
-    Imported on demand: the modules behind them pull in torch."""
-    from topa_plugin.features.clip import ClipLoadError
-    from topa_plugin.features.store import FeatureError
-    from topa_plugin.features.validation import FeatureValueError
-    from topa_plugin.features.video import VideoDecodeError
-    from topa_plugin.lmms.feature_source import FeatureFileError
-    from topa_plugin.lmms.taskdata import TaskDataError
-    from topa_plugin.release.meta_llama import ConversionError
-    from topa_plugin.textvid.backends import BackendError
-    from topa_plugin.textvid.generate import GenerationError
-    from topa_plugin.textvid.records import TextVidError
-    from topa_plugin.training.resume import CheckpointError
-    from topa_plugin.training.samples import DataError
-
-    return (ClipLoadError, FeatureError, FeatureValueError, VideoDecodeError, FeatureFileError, TaskDataError,
-            ConversionError, BackendError, GenerationError, TextVidError, CheckpointError, DataError,
-            pickle.UnpicklingError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
