@@ -14,7 +14,14 @@ from tests.helpers.release_fixtures import write_malicious_memory
 from topa_plugin.cli import main
 from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.features.clip import load_clip
-from topa_plugin.features.extract import extract_textvid, extract_videos, fuse_frames, import_release, video_features
+from topa_plugin.features.extract import (
+    extract_textvid,
+    extract_videos,
+    fuse_frames,
+    import_release,
+    textvid_features,
+    video_features,
+)
 from topa_plugin.features.store import FeatureError, FeatureStore
 from topa_plugin.features.transforms import l2_normalize
 from topa_plugin.features.video import VideoDecodeError, read_frames
@@ -82,6 +89,16 @@ def test_sample_features_equal_a_direct_computation(sample_store, encoder):
         torch.testing.assert_close(got, torch.stack(expected), rtol=0, atol=2e-3)  # stored as fp16
     with pytest.raises(KeyError, match="no features for record 'nope'"):
         store.get("nope")
+
+
+def test_caption_chunks_do_not_change_the_features(encoder):
+    """Records are encoded a few CLIP batches at a time; cutting them elsewhere gives the same rows."""
+    records = read_textvid(sample_path())[:12]
+    one_chunk = textvid_features(encoder, records, batch_size=10_000)
+    chunked = textvid_features(encoder, records, batch_size=8)  # a new chunk once 32 captions are in
+    assert list(chunked) == [r.idx for r in records]
+    for r in records:
+        torch.testing.assert_close(chunked[r.idx], one_chunk[r.idx], rtol=0, atol=1e-6)
 
 
 def test_killed_extraction_resumes_to_identical_shards(sample_store, toy_clip, tmp_path):

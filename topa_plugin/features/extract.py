@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from topa_plugin.features.writer import write_sharded
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 # Size of the per-record content digests that key finished shards (64 bits).
 DIGEST_BYTES = 8
+# CLIP batches of captions encoded and fused together (bounds textvid_features' temporaries).
+CHUNK_BATCHES = 4
 
 
 def fuse_frames(caption_rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
@@ -47,11 +49,30 @@ def _split_records(fused: torch.Tensor, records) -> dict[str, torch.Tensor]:
     return dict(zip((r.idx for r in records), fused.split([len(r.frames) for r in records])))
 
 
+def _caption_chunks(records, captions: int) -> Iterator[list]:
+    """Consecutive records, cut once a chunk holds ``captions`` captions."""
+    chunk, n = [], 0
+    for record in records:
+        chunk.append(record)
+        n += sum(len(frame) for frame in record.captions_per_frame)
+        if n >= captions:
+            yield chunk
+            chunk, n = [], 0
+    if chunk:
+        yield chunk
+
+
 def textvid_features(encoder, records, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Fused frame features [n_frames, D] per record id, one encoder pass for all captions."""
-    captions = [c for r in records for frame in r.captions_per_frame for c in frame]
-    counts = [len(frame) for r in records for frame in r.captions_per_frame]
-    return _split_records(fuse_frames(encode_unique(encoder, captions, batch_size), counts), records)
+    """Fused frame features [n_frames, D] per record id. Captions are encoded and fused
+    ``CHUNK_BATCHES`` full batches at a time: the float32 temporaries (embeddings, gathered and
+    normalised rows) stay a few tens of MB whatever the shard size (a 1000-record shard of 25k
+    captions held about 230 MB of them at once)."""
+    out = {}
+    for chunk in _caption_chunks(records, CHUNK_BATCHES * batch_size):
+        captions = [c for r in chunk for frame in r.captions_per_frame for c in frame]
+        counts = [len(frame) for r in chunk for frame in r.captions_per_frame]
+        out.update(_split_records(fuse_frames(encode_unique(encoder, captions, batch_size), counts), chunk))
+    return out
 
 
 def caption_digest(record) -> str:
