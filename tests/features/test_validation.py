@@ -80,6 +80,9 @@ def test_store_features_with_nan_fail_naming_shard_and_record(tmp_path):
     assert torch.equal(store.get("a"), values["a"])
     with pytest.raises(FeatureError, match=r"store/shard-\w+\.safetensors: record 'b': frame\(s\) \[1\] hold NaN"):
         store.get("b")
+    with pytest.raises(FeatureError, match=r"store/shard-\w+\.safetensors: record 'b': frame\(s\) \[1\] hold NaN"):
+        store.frames(["a", "b"])  # a run read at once names the record too (memory build)
+    assert torch.equal(store.frames(["a", "a"]), torch.cat([values["a"]] * 2))
 
 
 @pytest.fixture(scope="module")

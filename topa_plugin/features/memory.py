@@ -224,11 +224,12 @@ def check_text_store(store: FeatureStore, allow_image_features: bool) -> None:
 
 def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0,
                  allow_image_features: bool = False) -> tuple[torch.Tensor, dict]:
-    """A memory bank from a feature store: de-duplicated, normalised fp16 frame rows,
-    all of them (size None) or a uniform random sample of ``size`` (seeded), in store order.
+    """A memory bank from a feature store: de-duplicated (by a 64-bit hash per row, ``_row_digests``),
+    normalised fp16 frame rows, all of them (size None) or a uniform random sample of ``size`` (seeded),
+    in store order.
 
-    Records are read a shard run at a time (vectorised, two passes), so memory holds one
-    shard's rows, a 16-byte digest per frame, and the bank.
+    Records are read a shard run at a time (one read and one check per run, two passes), so memory
+    holds one run's rows, an 8-byte digest per frame, and the bank.
 
     Args:
         store: a finished feature store of TextVid text features.
