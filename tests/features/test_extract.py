@@ -19,7 +19,6 @@ from topa_plugin.features.extract import (
     extract_videos,
     fuse_frames,
     import_release,
-    textvid_features,
     video_features,
 )
 from topa_plugin.features.store import FeatureError, FeatureStore
@@ -91,14 +90,18 @@ def test_sample_features_equal_a_direct_computation(sample_store, encoder):
         store.get("nope")
 
 
-def test_caption_chunks_do_not_change_the_features(encoder):
-    """Records are encoded a few CLIP batches at a time; cutting them elsewhere gives the same rows."""
-    records = read_textvid(sample_path())[:12]
-    one_chunk = textvid_features(encoder, records, batch_size=10_000)
-    chunked = textvid_features(encoder, records, batch_size=8)  # a new chunk once 32 captions are in
-    assert list(chunked) == [r.idx for r in records]
-    for r in records:
-        torch.testing.assert_close(chunked[r.idx], one_chunk[r.idx], rtol=0, atol=1e-6)
+def test_fusing_gathered_rows_in_blocks_equals_fusing_all_rows(monkeypatch):
+    """Repeated captions share one encoded row; gathering them a block at a time gives the same frames."""
+    from topa_plugin.features import extract
+
+    unique = torch.randn(5, 8)
+    index = torch.tensor([0, 3, 3, 1, 4, 0, 2, 2, 1])
+    counts = [2, 3, 1, 3]
+    expected = fuse_frames(unique[index], counts)
+    monkeypatch.setattr(extract, "FUSE_ROWS", 2)  # frames cut across blocks
+    assert torch.equal(fuse_frames(unique, counts, index), expected)
+    with pytest.raises(ValueError, match="9 caption rows"):
+        fuse_frames(unique, [4, 4], index)
 
 
 def test_killed_extraction_resumes_to_identical_shards(sample_store, toy_clip, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,28 +20,36 @@ from topa_plugin.features.writer import write_sharded
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 # Size of the per-record content digests that key finished shards (64 bits).
 DIGEST_BYTES = 8
-# CLIP batches of captions encoded and fused together (bounds textvid_features' temporaries).
-CHUNK_BATCHES = 4
+# Caption rows fuse_frames gathers at once: a 1000-record shard's 25k gathered float32 rows
+# would be 77 MB (at D=768) beside the same again in normalised copies.
+FUSE_ROWS = 4096
 
 
-def fuse_frames(caption_rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+def fuse_frames(caption_rows: torch.Tensor, counts: Sequence[int], index: torch.Tensor | None = None) -> torch.Tensor:
     """Frame features from per-caption rows, as the release does: normalise each caption
-    row, average the rows of each frame (``counts[i]`` consecutive rows), normalise."""
+    row, average the rows of each frame (``counts[i]`` consecutive captions), normalise.
+
+    Caption j's row is ``caption_rows[index[j]]`` (default: row j), so a caption repeated in
+    the data is encoded once; rows are gathered ``FUSE_ROWS`` at a time, never all at once."""
+    n = caption_rows.shape[0] if index is None else len(index)
     counts_t = torch.as_tensor(list(counts), dtype=torch.long)
-    if int(counts_t.sum()) != caption_rows.shape[0] or (counts_t < 1).any():
-        raise ValueError(f"{caption_rows.shape[0]} caption rows do not split into frames of {list(counts)} captions")
+    if int(counts_t.sum()) != n or (counts_t < 1).any():
+        raise ValueError(f"{n} caption rows do not split into frames of {list(counts)} captions")
     rows = l2_normalize(caption_rows.float())
     frame_of_row = torch.repeat_interleave(torch.arange(len(counts_t)), counts_t)
-    sums = rows.new_zeros(len(counts_t), rows.shape[1]).index_add_(0, frame_of_row, rows)
+    sums = rows.new_zeros(len(counts_t), rows.shape[1])
+    for start in range(0, n, FUSE_ROWS):
+        picked = rows[start:start + FUSE_ROWS] if index is None else rows[index[start:start + FUSE_ROWS]]
+        sums.index_add_(0, frame_of_row[start:start + FUSE_ROWS], picked)
     return l2_normalize(sums / counts_t.unsqueeze(1))
 
 
-def encode_unique(encoder, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    """Raw embeddings for ``texts`` (in order), encoding each distinct text once, shortest first."""
+def encode_unique(encoder, texts: Sequence[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw embeddings of the distinct texts, each text's row among them): each distinct text is
+    encoded once, shortest first."""
     unique = sorted(set(texts), key=lambda t: (len(t), t))
     position = {t: i for i, t in enumerate(unique)}
-    embeddings = encoder.encode_text(unique, batch_size=batch_size)
-    return embeddings[torch.tensor([position[t] for t in texts], dtype=torch.long)]
+    return encoder.encode_text(unique, batch_size=batch_size), torch.tensor([position[t] for t in texts], dtype=torch.long)
 
 
 def _split_records(fused: torch.Tensor, records) -> dict[str, torch.Tensor]:
@@ -49,30 +57,12 @@ def _split_records(fused: torch.Tensor, records) -> dict[str, torch.Tensor]:
     return dict(zip((r.idx for r in records), fused.split([len(r.frames) for r in records])))
 
 
-def _caption_chunks(records, captions: int) -> Iterator[list]:
-    """Consecutive records, cut once a chunk holds ``captions`` captions."""
-    chunk, n = [], 0
-    for record in records:
-        chunk.append(record)
-        n += sum(len(frame) for frame in record.captions_per_frame)
-        if n >= captions:
-            yield chunk
-            chunk, n = [], 0
-    if chunk:
-        yield chunk
-
-
 def textvid_features(encoder, records, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Fused frame features [n_frames, D] per record id. Captions are encoded and fused
-    ``CHUNK_BATCHES`` full batches at a time: the float32 temporaries (embeddings, gathered and
-    normalised rows) stay a few tens of MB whatever the shard size (a 1000-record shard of 25k
-    captions held about 230 MB of them at once)."""
-    out = {}
-    for chunk in _caption_chunks(records, CHUNK_BATCHES * batch_size):
-        captions = [c for r in chunk for frame in r.captions_per_frame for c in frame]
-        counts = [len(frame) for r in chunk for frame in r.captions_per_frame]
-        out.update(_split_records(fuse_frames(encode_unique(encoder, captions, batch_size), counts), chunk))
-    return out
+    """Fused frame features [n_frames, D] per record id, one encoder pass for all captions."""
+    captions = [c for r in records for frame in r.captions_per_frame for c in frame]
+    counts = [len(frame) for r in records for frame in r.captions_per_frame]
+    embeddings, index = encode_unique(encoder, captions, batch_size)
+    return _split_records(fuse_frames(embeddings, counts, index), records)
 
 
 def caption_digest(record) -> str:
