@@ -22,6 +22,10 @@ any size, training start-up < 30 s at 100k.
     python benchmarks/bench_textvid_scale.py                  # 100k records (about 15 min on 2 cores)
     python benchmarks/bench_textvid_scale.py --records 20000  # quicker
     python benchmarks/bench_textvid_scale.py --work DIR --stages memory train restart  # reuse DIR
+    python benchmarks/bench_textvid_scale.py --records 20000 --busy 2  # beside two busy-loop processes
+
+``--busy N`` runs N busy-loop processes beside every pass: per-record tiny torch ops, which
+collapse when other processes hold the cores, show up as wall time far above CPU time.
 """
 
 from __future__ import annotations
@@ -147,7 +151,17 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes beside every pass (contention)")
     args = parser.parse_args()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        run_all(args)
+    finally:
+        for process in busy:
+            process.kill()
+
+
+def run_all(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
