@@ -23,7 +23,7 @@ from topa_plugin.cli import main as topa_main
 from topa_plugin.demo import toy
 from topa_plugin.features.store import FeatureStore
 from topa_plugin.modeling import TopaForCausalLM
-from topa_plugin.textvid import TextVidError, read_textvid, sample_path
+from topa_plugin.textvid import read_textvid, sample_path
 from topa_plugin.training.arguments import parse_arguments
 from topa_plugin.training.train import main as train_main
 from topa_plugin.training.train import run
@@ -173,7 +173,14 @@ def test_interrupted_run_resumes_to_the_same_steps_schedule_and_samples(tmp_path
         assert torch.allclose(trainer.model.adapter.state_dict()[name], value, atol=1e-6)
 
 
-def test_bad_record_fails_fast_through_the_entry_point(tmp_path, responsive_llm, textvid_features):
+def _error_report(capsys) -> str:
+    """The entry point's error report: from its one ``error:`` line (after the log lines) to the end."""
+    err = capsys.readouterr().err
+    assert err.count(": error: ") == 1 and "Traceback" not in err, err
+    return err[err.rfind("\n", 0, err.index(": error: ")) + 1:]
+
+
+def test_bad_record_fails_fast_through_the_entry_point(tmp_path, capsys, responsive_llm, textvid_features):
     lines = sample_path().read_text().splitlines()
     bad = json.loads(lines[7])
     del bad["QAs"][1]["options"]
@@ -182,16 +189,16 @@ def test_bad_record_fails_fast_through_the_entry_point(tmp_path, responsive_llm,
     data.write_text("\n".join(lines) + "\n")
     argv = flags(tmp_path / "out", responsive_llm, textvid_features)
     argv[argv.index("--data_path") + 1] = str(data)
-    with pytest.raises(TextVidError) as err:
-        train_main(argv)
-    assert f"{data}: line 8, record 7" in str(err.value) and "QAs[1].options: missing key" in str(err.value)
+    assert train_main(argv) == 2
+    error = _error_report(capsys)
+    assert error.startswith("python -m topa_plugin.training.train: error: ")
+    assert f"{data}: line 8, record 7" in error and "QAs[1].options: missing key" in error
     assert not (tmp_path / "out").exists()
 
 
-def test_overlong_answers_fail_before_the_model_loads(tmp_path, monkeypatch, responsive_llm, textvid_features):
+def test_overlong_answers_fail_before_the_model_loads(tmp_path, monkeypatch, capsys, responsive_llm, textvid_features):
     """A record whose answer --max_seq_len cuts off stops the run at start, not hours into training."""
     import topa_plugin.training.train as train_module
-    from topa_plugin.training.samples import DataError
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the length check")
@@ -199,9 +206,9 @@ def test_overlong_answers_fail_before_the_model_loads(tmp_path, monkeypatch, res
     monkeypatch.setattr(train_module, "build_model", no_model)
     argv = flags(tmp_path / "out", responsive_llm, textvid_features)
     argv[argv.index("--max_seq_len") + 1] = "60"
-    with pytest.raises(DataError) as err:
-        train_main(argv)
-    assert f"{sample_path()}: record 0 (id " in str(err.value) and "max_seq_len=60" in str(err.value)
+    assert train_main(argv) == 2
+    error = _error_report(capsys)
+    assert f"{sample_path()}: record 0 (id " in error and "max_seq_len=60" in error
     assert not (tmp_path / "out").exists()
 
 
