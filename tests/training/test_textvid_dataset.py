@@ -89,6 +89,10 @@ def test_the_start_up_scan_is_cached_by_content(processor, records, tmp_path, mo
     with pytest.raises(AssertionError, match="scanned again"):
         TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
     data.write_bytes(text)
+    moved = tmp_path / "moved.jsonl"
+    moved.write_bytes(text)
+    with pytest.raises(AssertionError, match="scanned again"):  # the cached messages name the file
+        TextVidDataset(moved, store, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
     other = write_store(tmp_path / "other", {r.idx: random_frames(len(r.frames) + (i == 0), i) for i, r in enumerate(records)})
     with pytest.raises(AssertionError, match="scanned again"):  # another feature index: another key
         TextVidDataset(data, other, processor, max_seq_len=155, overlong="skip", scan_cache=cache)

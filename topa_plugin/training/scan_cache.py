@@ -3,8 +3,9 @@
 Building a ``TextVidDataset`` reads every record once: schema, frame counts against the feature
 index and every prompt's length (about 20 s per 100k Tideos on one core). What it finds (the
 usable records' byte spans, ids and usable QAs, the records left out, the prompts cut off) depends
-only on the data file's bytes, the feature index's bytes, the tokenizer (its full definition and
-the prompts it builds for a fixed probe record) and the dataset's settings. The key hashes all of
+only on the data file's bytes (and its path, which the cached messages name), the feature index's
+bytes, the tokenizer (its full definition and the prompts it builds for a fixed probe record) and
+the dataset's settings. The key hashes all of
 them, so a change to any is a miss; hashing the release's 2.4 GB file takes a few seconds.
 """
 

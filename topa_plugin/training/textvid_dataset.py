@@ -137,7 +137,8 @@ class TextVidDataset(_VisitRandomness, Dataset):
         if not self.scan_cache:
             return None
         settings = {"max_seq_len": self.max_seq_len, "question_mark": self.question_mark, "check_lengths":
-                    self.check_lengths, "overlong": self.overlong, "skip_invalid": skip_invalid}
+                    self.check_lengths, "overlong": self.overlong, "skip_invalid": skip_invalid,
+                    "data_path": self.data_path}  # the cached messages name the file
         return scan_key(self.data_path, self.features.store.directory / INDEX, self.processor, settings)
 
     def _feature_problem(self, record) -> str | None:
