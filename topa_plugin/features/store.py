@@ -9,7 +9,6 @@ there with its size; a shard's hash is checked the first time it is read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from array import array
 from collections import OrderedDict
@@ -21,6 +20,7 @@ import torch
 
 from topa_plugin.features.validation import check_frame_features
 from topa_plugin.utils.constants import DTYPES as ALL_DTYPES
+from topa_plugin.utils.hashing import file_sha256
 
 VERSION = 2
 
@@ -39,15 +39,6 @@ class FeatureError(ValueError):
     """Bad feature input or store; the message names the file, record and field."""
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a shard file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shard_problem(directory: Path, shard: dict, check_hash: bool) -> str | None:
     """Why a shard does not match its manifest entry ({name, bytes, sha256}), or None."""
     path = directory / shard["name"]
@@ -56,7 +47,7 @@ def shard_problem(directory: Path, shard: dict, check_hash: bool) -> str | None:
     size = path.stat().st_size
     if size != shard["bytes"]:
         return f"{path}: shard corrupt ({size} bytes, the manifest says {shard['bytes']})"
-    if check_hash and file_digest(path) != shard["sha256"]:
+    if check_hash and file_sha256(path) != shard["sha256"]:
         return f"{path}: shard corrupt (its sha256 differs from the manifest's)"
     return None
 

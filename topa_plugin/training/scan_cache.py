@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from topa_plugin.utils.atomic import atomic_write
+from topa_plugin.utils.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 PROBE = ("What does the person do", ["opens it", "closes it", "both", "none", "waits"], "a long summary")
@@ -30,12 +31,6 @@ def _probe_ids(processor) -> list[list[int]]:
             processor.encode_summary(text).input_ids]
 
 
-def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-
-
 def scan_key(data_path: str | Path, feature_index: Path, processor, settings: dict) -> str | None:
     """The cache key, or None when the length check needs a tokenizer without a serialisable
     definition (no caching)."""
@@ -46,8 +41,8 @@ def scan_key(data_path: str | Path, feature_index: Path, processor, settings: di
             return None
         h.update(json.dumps([processor.max_feats, _probe_ids(processor)]).encode())
         h.update(backend.to_str().encode("utf-8"))
-    _hash_file(h, feature_index)
-    _hash_file(h, Path(data_path))
+    h.update(file_sha256(feature_index).encode())
+    h.update(file_sha256(data_path).encode())
     return h.hexdigest()
 
 
