@@ -45,7 +45,7 @@ def _name_commands(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from topa_plugin.commands import CommandFailed, fail
-    from topa_plugin.utils.errors import input_errors
+    from topa_plugin.utils.errors import INPUT_ERRORS
 
     parser = build_parser()
     # A command that wraps another tool (``topa eval``) sets ``passthrough`` and receives the
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             return int(args.func(args) or 0)
-        except Exception as err:
-            if not isinstance(err, input_errors()):
-                raise
+        except INPUT_ERRORS as err:
             fail(args.command_name, str(err))
     except CommandFailed as failed:
         return int(failed.code)

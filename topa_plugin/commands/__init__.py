@@ -2,7 +2,7 @@
 
 Handlers are ``run`` (or ``run_<action>`` for commands with actions) and return an exit status;
 ``fail`` is their one way to report a user error. A handler that lets one of the project's input
-errors escape (``utils.errors.input_errors``) gets the same one-line report from ``topa_plugin.cli``, never a traceback.
+errors escape (``utils.errors.INPUT_ERRORS``) gets the same one-line report from ``topa_plugin.cli``, never a traceback.
 """
 
 from __future__ import annotations

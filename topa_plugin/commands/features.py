@@ -40,7 +40,7 @@ def _encoder(args):
 
 
 def _report(args, run) -> int:
-    """Check --out, then run a job; input errors (``utils.errors.input_errors``) become one clear line, exit 2."""
+    """Check --out, then run a job; input errors (``utils.errors.INPUT_ERRORS``) become one clear line, exit 2."""
     from topa_plugin.features.writer import store_summary
 
     out = Path(args.out)

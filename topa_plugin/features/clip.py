@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from topa_plugin.utils.errors import first_line
+from topa_plugin.utils.errors import TopaInputError, first_line
 from topa_plugin.utils.hashing import file_sha256
 
 DEFAULT_MODEL = "ViT-L-14"
@@ -27,7 +27,7 @@ _PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std",
                     "interpolation": "image_interpolation", "resize_mode": "image_resize_mode"}
 
 
-class ClipLoadError(ValueError):
+class ClipLoadError(TopaInputError, ValueError):
     """A CLIP config, weights file or setting that cannot load; the message names it."""
 
 

@@ -20,6 +20,7 @@ import torch
 
 from topa_plugin.features.validation import check_frame_features
 from topa_plugin.utils.constants import DTYPES as ALL_DTYPES
+from topa_plugin.utils.errors import TopaInputError
 from topa_plugin.utils.hashing import file_sha256
 
 VERSION = 2
@@ -35,7 +36,7 @@ OPEN_SHARDS = 4
 HEADER_KEYS = ("version", "kind", "encoder", "dim", "dtype", "frames")
 
 
-class FeatureError(ValueError):
+class FeatureError(TopaInputError, ValueError):
     """Bad feature input or store; the message names the file, record and field."""
 
 

@@ -4,10 +4,12 @@ wrong answer (every option NaN, option A "wins")."""
 
 from __future__ import annotations
 
+from topa_plugin.utils.errors import TopaInputError
+
 _SHOWN = 10
 
 
-class FeatureValueError(ValueError):
+class FeatureValueError(TopaInputError, ValueError):
     """Frame features holding NaN/Inf or zero vectors; the message names where they came from."""
 
 

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from topa_plugin.utils.errors import TopaInputError
+
 BACKEND_ENV = "LMMS_VIDEO_DECODE_BACKEND"
 logger = logging.getLogger(__name__)
 _logged_reasons: set[str] = set()
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(TopaInputError, RuntimeError):
     """A video that is missing, cannot be decoded, has no frames, or is truncated."""
 
 

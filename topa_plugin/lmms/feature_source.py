@@ -21,6 +21,7 @@ import numpy as np
 
 from topa_plugin.features.validation import check_frame_features
 from topa_plugin.utils.atomic import atomic_write
+from topa_plugin.utils.errors import TopaInputError
 from topa_plugin.utils.hashing import file_sha256
 from topa_plugin.utils.ids import id_problem
 
@@ -29,7 +30,7 @@ from topa_plugin.utils.ids import id_problem
 CACHE_FORMAT = "topa-video-features-v2"
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(TopaInputError, ValueError):
     """A precomputed or cached feature file that cannot be used; names the file."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from topa_plugin.lmms.choices import option_texts
 from topa_plugin.utils import rowfiles
+from topa_plugin.utils.errors import TopaInputError
 from topa_plugin.utils.ids import id_problem
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -22,7 +23,7 @@ N_OPTIONS = 5  # lmms-eval's EgoSchema parser reads exactly options A-E
 _VIDEO_SUFFIXES = (".mp4", ".MP4")
 
 
-class TaskDataError(ValueError):
+class TaskDataError(TopaInputError, ValueError):
     """Rows that cannot make a valid EgoSchema task; the message lists every problem."""
 
 

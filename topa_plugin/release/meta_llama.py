@@ -14,9 +14,10 @@ import torch
 
 from topa_plugin.release.safeload import load_release_pickle
 from topa_plugin.utils.atomic import share_like_new_files
+from topa_plugin.utils.errors import TopaInputError
 
 
-class ConversionError(ValueError):
+class ConversionError(TopaInputError, ValueError):
     """The release files do not fit together; the message names the file and the key or field."""
 
 

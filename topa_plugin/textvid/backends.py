@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from topa_plugin.utils.errors import first_line
+from topa_plugin.utils.errors import TopaInputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 _RETRYABLE_STATUS = {408, 409, 429}
 
 
-class BackendError(RuntimeError):
+class BackendError(TopaInputError, RuntimeError):
     """A failure that retrying will not fix; generation stops."""
 
 

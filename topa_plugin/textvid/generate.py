@@ -35,6 +35,7 @@ from typing import Any
 
 from topa_plugin.textvid.backends import Backend, BackendError, Completion, ConnectionFailure, TransientBackendError
 from topa_plugin.textvid.records import TextVidRecord, append_jsonl, read_textvid, validate_records
+from topa_plugin.utils.errors import TopaInputError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _TEMPLATE_FIELDS = "$condition, $source_instruction, $min_frames, $max_frames ($
 _MAX_LOGGED_RESPONSE = 100_000
 
 
-class GenerationError(ValueError):
+class GenerationError(TopaInputError, ValueError):
     """Bad generation input (source, template, output file), named in the message."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from topa_plugin.textvid.stream import RawRecord, iter_json_list, iter_jsonl
 from topa_plugin.utils.atomic import atomic_write_bytes
+from topa_plugin.utils.errors import TopaInputError
 from topa_plugin.utils.ids import id_problem
 
 LETTERS = "ABCDE"
@@ -64,7 +65,7 @@ class Problem:
         return ": ".join(part for part in parts if part)
 
 
-class TextVidError(ValueError):
+class TextVidError(TopaInputError, ValueError):
     """Raised when records cannot be read or written; ``problems`` holds every defect."""
 
     def __init__(self, problems: Sequence[Problem]):

@@ -12,13 +12,15 @@ import re
 import zipfile
 from pathlib import Path
 
+from topa_plugin.utils.errors import TopaInputError
+
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TopaInputError, ValueError):
     """No checkpoint to resume from is usable; names the damaged file."""
 
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from topa_plugin.features.transforms import l2_normalize, noise_injection, sample_frames
 from topa_plugin.processing import IGNORE_INDEX, PromptTemplate, TopaPrompt
+from topa_plugin.utils.errors import TopaInputError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ OVERLONG_POLICIES = ("error", "skip")
 SHOWN_PROBLEMS = 50
 
 
-class DataError(ValueError):
+class DataError(TopaInputError, ValueError):
     """A training record or its features cannot be used; the message names file, record and field."""
 
 

@@ -38,7 +38,7 @@ from topa_plugin.training.arguments import DataArguments, LaunchError, ModelArgu
 from topa_plugin.training.preflight import preflight
 from topa_plugin.training.resume import resume_checkpoint
 from topa_plugin.training.trainer import EpochSetter, save_final, topa_trainer_class
-from topa_plugin.utils.errors import input_errors
+from topa_plugin.utils.errors import INPUT_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m topa_plugin.training.train") -> int:
-    """Train; flags the pre-flight refuses and bad input found later (``input_errors``) print
+    """Train; flags the pre-flight refuses and bad input found later (``utils.errors.INPUT_ERRORS``) print
     ``<prog>: error: <message>`` and return 2 (``prog`` names the entry point the user typed: ``topa train``
     or the module run by torchrun / deepspeed)."""
     try:
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m topa_plugin.train
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run(*arguments)
-    except input_errors() as err:  # bad data found once it is read: the same report, on every entry point
+    except INPUT_ERRORS as err:  # bad data found once it is read: the same report, on every entry point
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     return 0

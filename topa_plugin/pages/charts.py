@@ -1,0 +1,96 @@
+"""Charts drawn by matplotlib and embedded in pages as SVG images.
+
+An ``<img>`` with an SVG data URI runs no script whatever its labels say, and matplotlib escapes the
+text it writes into SVG; each chart is a few kilobytes and needs no chart library in the page."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+WIDTH_IN = 6.4
+BAR_HEIGHT_IN = 0.32
+COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
+CHOSEN, CORRECT = "#4c72b0", "#55a868"
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def svg_uri(figure) -> str:
+    """``data:image/svg+xml;base64,...`` of a matplotlib figure (text kept as text: small and sharp)."""
+    buffer = io.BytesIO()
+    with _svg_text_as_text():
+        figure.savefig(buffer, format="svg")
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _svg_text_as_text():
+    import matplotlib
+
+    return matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "topa"})
+
+
+def _shorten(label: str, width: int = 48) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def option_scores(labels: Sequence[str], scores: Sequence[float], chosen: int | None,
+                  correct: int | None = None, xlabel: str = "mean NLL (lower is better)") -> str:
+    """Horizontal bars of each option's score; the chosen option and the correct one are coloured and named."""
+    figure = _figure(WIDTH_IN, 0.8 + BAR_HEIGHT_IN * len(labels))
+    ax = figure.subplots()
+    colors = ["#b0b0b0"] * len(labels)
+    if correct is not None:
+        colors[correct] = CORRECT
+    if chosen is not None:
+        colors[chosen] = CHOSEN
+    rows = np.arange(len(labels))
+    ax.barh(rows, scores, color=colors)
+    marks = [(" (chosen" if i == chosen else "") + (", correct)" if i == correct and i == chosen else
+             (" (correct)" if i == correct else (")" if i == chosen else ""))) for i in range(len(labels))]
+    ax.set_yticks(rows, [_shorten(label) + mark for label, mark in zip(labels, marks)])
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    return svg_uri(figure)
+
+
+def bars(categories: Sequence[str], series: dict[str, Sequence[float]], title: str = "", ylabel: str = "") -> str:
+    """Vertical grouped bars: one group per category, one bar per series (runs or files side by side)."""
+    figure = _figure(WIDTH_IN, 3.2)
+    ax = figure.subplots()
+    x = np.arange(len(categories))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=COLORS[i % len(COLORS)])
+    ax.set_xticks(x, [_shorten(str(c), 16) for c in categories], rotation=30 if len(categories) > 8 else 0)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend()
+    return svg_uri(figure)
+
+
+def histogram(samples: dict[str, Sequence[float]], title: str = "", xlabel: str = "", bins: int | Sequence[float] = 20) -> str:
+    """Histograms of one or more samples on shared bins (step outlines, so several stay readable)."""
+    figure = _figure(WIDTH_IN, 3.0)
+    ax = figure.subplots()
+    values = [np.asarray(v, dtype=float) for v in samples.values()]
+    edges = np.histogram_bin_edges(np.concatenate(values) if values else np.zeros(1), bins=bins)
+    for i, (name, sample) in enumerate(zip(samples, values)):
+        ax.hist(sample, bins=edges, histtype="step", linewidth=1.6, label=name, color=COLORS[i % len(COLORS)])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    if len(samples) > 1:
+        ax.legend()
+    return svg_uri(figure)
