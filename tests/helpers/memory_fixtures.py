@@ -15,6 +15,7 @@ def build_textvid_memory(root: str | Path, toy_clip, records: int = 12) -> tuple
     from topa_plugin.textvid.records import write_jsonl
 
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     textvid = write_jsonl(root / "textvid.jsonl", read_textvid(sample_path())[:records])
     store = extract_textvid(textvid, root / "store", load_clip(str(toy_clip[0]), str(toy_clip[1])), 64).parent
     memory = root / "memory.safetensors"
