@@ -6,10 +6,9 @@ import argparse
 import json
 
 from topa_plugin.commands import fail
+from topa_plugin.lmms.run_report import THUMBNAILS
 
 COMMAND = "report"
-THUMBNAILS = 4        # frames per question in a card's strip
-THUMBNAIL_SIDE = 112  # pixels, longest side: a strip of 4 stays a few kB per video
 
 
 def non_negative_int(text: str) -> int:
@@ -45,9 +44,10 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _summary(run, path, missing: int, comparison) -> dict:
-    summary = {"page": str(path), "results": str(run.results_file), "questions": len(run.questions),
-               "missing_videos": missing,
+def _summary(report) -> dict:
+    run, comparison = report.run, report.comparison
+    summary = {"page": str(report.path), "results": str(run.results_file), "questions": len(run.questions),
+               "missing_videos": report.missing_videos,
                "tasks": [{"task": s.name, "metric": s.metric, "lmms_eval": s.value, "right": s.right, "total": s.total,
                           "agrees": s.agrees, "group": s.is_group} for s in run.scores]}
     if comparison is not None:
@@ -57,30 +57,30 @@ def _summary(run, path, missing: int, comparison) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from topa_plugin.lmms.run_report import attach_thumbnails, compare_runs, read_run
-    from topa_plugin.pages.render import check_page_path
+    from topa_plugin.pages.render import PageError, check_page_path
     from topa_plugin.pages.run_report import write_run_report
 
     if args.request_log_b and not args.run_dir_b:
         fail(COMMAND, "--request-log-b needs a second run (RUN_DIR_B)")
-    out = check_page_path(args.out)
-    run_a = read_run(args.run_dir, args.request_log)
-    run_b = read_run(args.run_dir_b, args.request_log_b) if args.run_dir_b else None
-    missing = attach_thumbnails(run_a.questions, args.thumbnails, THUMBNAIL_SIDE)
-    path = write_run_report(out, run_a, run_b, missing, args.thumbnails)
-    summary = _summary(run_a, path, missing, compare_runs(run_a, run_b) if run_b else None)
+    try:
+        check_page_path(args.out)
+    except PageError as err:
+        fail(COMMAND, f"--out {err}")
+    report = write_run_report(args.out, args.run_dir, args.run_dir_b, request_log=args.request_log,
+                              request_log_b=args.request_log_b, thumbnails=args.thumbnails)
+    summary = _summary(report)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     for task in summary["tasks"]:
         value = "—" if task["lmms_eval"] is None else f"{task['lmms_eval']:.4f}"
         print(f"{task['task']:<40} {task['metric']:<14} {value:>8}  {task['right']}/{task['total']} right")
-    if missing:
-        print(f"{missing} question(s) without a video to show")
+    if report.missing_videos:
+        print(f"{report.missing_videos} question(s) without a video to show")
     if "changes" in summary:
         c = summary["changes"]
         print(f"B vs A: {c['gained']} gained, {c['lost']} lost, {c['switched']} other wrong answer ({c['matched']} matched)")
-    if run_a.other_results:
-        print(f"read {run_a.results_file} (the newest of {run_a.other_results + 1} results files)")
-    print(f"report: {path}")
+    if report.run.other_results:
+        print(f"read {report.run.results_file} (the newest of {report.run.other_results + 1} results files)")
+    print(f"report: {report.path}")
     return 0

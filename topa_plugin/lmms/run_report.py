@@ -27,6 +27,8 @@ from topa_plugin.lmms.choices import AmbiguousOptionsError, doc_options, option_
 from topa_plugin.utils.errors import TopaInputError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+THUMBNAILS = 4        # frames per question in a report card's strip (``topa report --thumbnails``)
+THUMBNAIL_SIDE = 112  # pixels, longest side: a strip of 4 stays a few kB per video
 RESULTS_SUFFIX = "_results.json"
 # <output_path>/<model>/<date id>_results.json; tasks' own files (submissions/*_results.json) are not runs
 RESULTS_FILE = re.compile(r"^\d{8}_\d{6}_results\.json$")
@@ -322,7 +324,7 @@ def _leaf_task(task: str, data: dict, results_file: Path, logged: dict) -> tuple
     return questions, metric, where
 
 
-def read_run(run_dir: str | Path, request_log: str | Path | None = None) -> Run:
+def read_lmms_run(run_dir: str | Path, request_log: str | Path | None = None) -> Run:
     """Everything the report shows of one run: scores per task and group, and every question."""
     results_file, others = find_results(run_dir)
     data = _read_json(results_file)
@@ -395,7 +397,7 @@ def compare_runs(a: Run, b: Run) -> Comparison:
 
 # ---------------------------------------------------------------- thumbnails
 
-def attach_thumbnails(questions: list[Question], frames: int, side: int) -> int:
+def attach_thumbnails(questions: list[Question], frames: int = THUMBNAILS, side: int = THUMBNAIL_SIDE) -> int:
     """Decode ``frames`` frames of each reachable video (once per file) as thumbnails; returns how
     many questions have no video to show. A file that cannot be decoded is noted on its card."""
     from topa_plugin.features.video import VideoDecodeError, read_frames

@@ -4,11 +4,12 @@ one card per question (rendered lazily by the page's script), and, for two runs,
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from topa_plugin.lmms.run_report import LETTERS, Comparison, Question, Run, compare_runs
+from topa_plugin.lmms.run_report import LETTERS, THUMBNAILS, Comparison, Question, Run, attach_thumbnails, compare_runs, read_lmms_run
 from topa_plugin.pages import charts
-from topa_plugin.pages.render import render, write_page
+from topa_plugin.pages.render import check_page_path, render, write_page
 
 NO_ANSWER = "none"  # the bias chart's column for replies the task's scorer could not read
 
@@ -72,6 +73,25 @@ def render_run_report(run: Run, run_b: Run | None = None, missing_videos: int = 
     )
 
 
-def write_run_report(path: str | Path, run: Run, run_b: Run | None = None, missing_videos: int = 0,
-                     thumbnails: int = 0) -> Path:
-    return write_page(path, render_run_report(run, run_b, missing_videos, thumbnails))
+@dataclass
+class RunReport:
+    """What ``write_run_report`` wrote and read."""
+
+    path: Path
+    run: Run
+    run_b: Run | None
+    comparison: Comparison | None
+    missing_videos: int
+
+
+def write_run_report(out: str | Path, run_dir: str | Path, run_dir_b: str | Path | None = None, *,
+                     request_log: str | Path | None = None, request_log_b: str | Path | None = None,
+                     thumbnails: int = THUMBNAILS) -> RunReport:
+    """Read lmms-eval's ``--output_path`` folder ``run_dir`` (and ``run_dir_b`` to compare with) and write
+    the report page to ``out``; ``thumbnails`` frames per question where its video is reachable."""
+    out = check_page_path(out)  # before any reading or decoding
+    run = read_lmms_run(run_dir, request_log)
+    run_b = read_lmms_run(run_dir_b, request_log_b) if run_dir_b is not None else None
+    missing = attach_thumbnails(run.questions, thumbnails)
+    path = write_page(out, render_run_report(run, run_b, missing, thumbnails))
+    return RunReport(path, run, run_b, compare_runs(run, run_b) if run_b is not None else None, missing)
