@@ -297,7 +297,7 @@ def _metric(task: str, results: dict, config: dict) -> str:
 
 def _leaf_task(task: str, data: dict, results_file: Path, logged: dict) -> tuple[list[Question], str, str]:
     config = data.get("configs", {}).get(task, {})
-    metric = _metric(task, data["results"][task], config)
+    metric = _metric(task, data["results"].get(task, {}), config)
     path = samples_file(results_file, task)
     if not path.is_file():
         raise RunReportError(f"{results_file.parent}: no samples for task {task!r} ({path.name} missing); "
@@ -329,8 +329,9 @@ def read_lmms_run(run_dir: str | Path, request_log: str | Path | None = None) ->
     results_file, others = find_results(run_dir)
     data = _read_json(results_file)
     logged, log_files = read_request_log(request_log) if request_log else ({}, [])
-    subtasks = data.get("group_subtasks") or {name: [] for name in data["results"]}
-    leaves = [t for t in data["results"] if not subtasks.get(t)]
+    subtasks = data.get("group_subtasks") or {}
+    names = list(dict.fromkeys([*subtasks, *data["results"]]))  # a group without its own metric is only in the first
+    leaves = [t for t in names if not subtasks.get(t)]
     questions, metrics, sources, files = {}, {}, {}, {}
     for task in leaves:
         questions[task], metrics[task], sources[task] = _leaf_task(task, data, results_file, logged)
@@ -355,7 +356,7 @@ def read_lmms_run(run_dir: str | Path, request_log: str | Path | None = None) ->
         scores.append(TaskScore(task, metrics.get(task, ""), None if value is None else float(value), right, len(done), depth))
         return right, len(done)
 
-    for task in data["results"]:
+    for task in names:
         if task not in children:
             add(task, 0)
     config = data.get("config") or {}
