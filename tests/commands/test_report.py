@@ -34,7 +34,8 @@ def test_report_prints_each_tasks_numbers_and_the_page(run_dir, tmp_path, capsys
 def test_json_summary_with_two_runs_and_request_logs(run_dir, tmp_path, capsys):
     docs = egoschema_docs(5, seed=4)
     write_lmms_run(tmp_path / "b", {"gen": (GENERATE, docs, [LETTERS[d["answer"]] for d in docs])})
-    log = write_request_log(tmp_path / "requests.jsonl", "gen", docs, [[1.0, 2.0, 3.0, 4.0, 0.5]] * 5)
+    picks = [d["answer"] if i < 2 else 4 for i, d in enumerate(docs)]  # what run A answered
+    log = write_request_log(tmp_path / "requests.jsonl", "gen", docs, [[0.5 if j == p else 1.0 for j in range(5)] for p in picks])
     assert cli.main(["report", str(run_dir), str(tmp_path / "b"), "--out", str(tmp_path / "r.html"),
                      "--request-log", str(log), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -42,6 +43,7 @@ def test_json_summary_with_two_runs_and_request_logs(run_dir, tmp_path, capsys):
     assert task["task"] == "gen" and task["total"] == 5 and task["agrees"]
     assert summary["changes"]["matched"] == 5
     assert summary["changes"]["gained"] == 5 - task["right"] and summary["changes"]["lost"] == 0
+    assert summary["missing_videos"] == 5  # the request log's docs name videos that are not on disk
 
 
 @pytest.mark.parametrize("case, message", [

@@ -81,13 +81,15 @@ def write_lmms_run(out: str | Path, tasks: dict[str, tuple[str, list[dict], list
     return next(Path(out).rglob(f"{datetime_str}_results.json"))
 
 
-def write_request_log(path: Path, task: str, docs: list[dict], losses: list[list[float]]) -> Path:
-    """A ``request_log=`` file as ``topa``'s model writes it for ranked options."""
+def write_request_log(path: Path, task: str, docs: list[dict], losses: list[list[float]],
+                      replies: list[str] | None = None) -> Path:
+    """A ``request_log=`` file as ``topa``'s model writes it for ranked options (``replies``: the model's text,
+    by default the chosen letter)."""
     with open(path, "a", encoding="utf-8") as f:
         for doc_id, (doc, row) in enumerate(zip(docs, losses)):
             chosen = min(range(len(row)), key=row.__getitem__)
             record = {"task": task, "doc_id": doc_id, "mode": "rank", "question": doc["question"],
                       "options": [o.split(". ", 1)[1] for o in doc["option"]], "chosen": chosen,
-                      "reply": LETTERS[chosen], "losses": row, "doc": doc}
+                      "reply": replies[doc_id] if replies else LETTERS[chosen], "losses": row, "doc": doc}
             f.write(json.dumps(record) + "\n")
     return path

@@ -35,11 +35,19 @@ def docs():
     return egoschema_docs(12, seed=3)
 
 
+def picks_of(docs):
+    return [(d["answer"] + (i % 3 != 0)) % 5 for i, d in enumerate(docs)]  # every third right
+
+
+def replies_of(docs):
+    replies = [LETTERS[p] for p in picks_of(docs)]
+    replies[5] = "The answer is (C)"  # lmms-eval's parser reads the letter out of free text
+    return replies
+
+
 @pytest.fixture
 def run_dir(tmp_path, docs):
-    picks = [(d["answer"] + (i % 3 != 0)) % 5 for i, d in enumerate(docs)]  # every third right
-    replies = [LETTERS[p] for p in picks]
-    replies[5] = "The answer is (C)"  # lmms-eval's parser reads the letter out of free text
+    picks, replies = picks_of(docs), replies_of(docs)
     write_lmms_run(tmp_path / "out", {"ego_gen": (GENERATE, docs, replies), "ego_ppl": (MCPPL, docs, losses_for(docs, picks))})
     return tmp_path / "out"
 
@@ -84,11 +92,12 @@ def test_margin_follows_the_direction_of_the_scores():
 
 
 def test_request_log_supplies_options_and_scores(run_dir, tmp_path, docs):
-    losses = [[4.0, 4.5, 3.0, 6.0, 5.0] for _ in docs]
-    log = write_request_log(tmp_path / "requests.jsonl", "ego_gen", docs, losses)
+    losses = losses_for(docs, picks_of(docs))
+    log = write_request_log(tmp_path / "requests.jsonl", "ego_gen", docs, losses, replies=replies_of(docs))
     run = read_lmms_run(run_dir, request_log=log)
     gen = [q for q in run.questions if q.task == "ego_gen"]
-    assert all(q.scores == losses[0] and q.margin == pytest.approx(1.0) for q in gen)
+    assert [q.scores for q in gen] == losses
+    assert [q.margin for q in gen] == pytest.approx([0.1 * (i + 1) for i in range(12)])
     assert gen[0].video_name == docs[0]["video_idx"] and gen[0].video is None  # named but not on disk
     assert run.doc_sources["ego_gen"] == "request log" and run.request_logs == [log]
 
@@ -168,3 +177,11 @@ def test_thumbnails_of_reachable_videos_and_a_count_of_missing_ones(tmp_path):
     assert len(questions[0].frames) == 3 and all(f.startswith("data:image/jpeg;base64,") for f in questions[0].frames)
     assert "cannot decode" in questions[1].frames_note and questions[1].frames == []
     assert questions[2].frames_note == "video video-00002 not found"
+
+
+def test_request_log_of_another_run_is_refused_naming_the_record(run_dir, tmp_path, docs):
+    other = [(p + 1) % 5 for p in picks_of(docs)]
+    log = write_request_log(tmp_path / "requests.jsonl", "ego_gen", docs, losses_for(docs, other))
+    told = LETTERS[other[0]]
+    with pytest.raises(RunReportError, match=rf"{log}: record 1: task 'ego_gen' doc 0: reply '{told}', but the run's samples"):
+        read_lmms_run(run_dir, request_log=log)

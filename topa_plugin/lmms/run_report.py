@@ -161,9 +161,24 @@ def read_request_log(path: str | Path) -> tuple[dict[tuple[str, int], dict], lis
         for n, record in enumerate(_read_jsonl(file), start=1):
             if "task" not in record or "doc_id" not in record:
                 raise RunReportError(f"{file}: record {n}: no 'task'/'doc_id'; not a topa request log")
-            if record.get("options"):
-                records[(record["task"], int(record["doc_id"]))] = record
+            if record.get("options"):  # a rerun appends to the same log: the last record of a doc wins
+                records[(record["task"], int(record["doc_id"]))] = {**record, "_where": f"{file}: record {n}"}
     return records, files
+
+
+def _check_logged(record: dict, question: Question, sample: dict) -> None:
+    """A request-log record must tell the same answer as the sample it is read with (the log of another
+    run, or of an older run appended to, would put wrong options and scores on the card)."""
+    reply = record.get("reply")
+    if reply is None:  # ranked continuations: the option the log chose is the one lmms-eval scored
+        same = record.get("chosen") == question.predicted
+    else:  # the reply before (resps) or after (filtered_resps) the task's filters
+        raw = sample.get("resps")
+        same = str(reply) in {str(r) for r in [sample.get("filtered_resps"), *(raw if isinstance(raw, list) else [raw])]}
+    if not same:
+        told = f"reply {reply!r}" if reply is not None else f"chosen option {record.get('chosen')}"
+        raise RunReportError(f"{record['_where']}: task {question.task!r} doc {question.doc_id}: {told}, but the run's "
+                             "samples say otherwise; is this the request log of this run?")
 
 
 def _dataset_rows(config: dict) -> tuple[list[dict] | None, str]:
@@ -318,6 +333,8 @@ def _leaf_task(task: str, data: dict, results_file: Path, logged: dict) -> tuple
         else:
             doc = {}
         questions.append(_question(task, sample, metric, doc, record))
+        if record is not None:
+            _check_logged(record, questions[-1], sample)
     questions.sort(key=lambda q: q.doc_id)
     where = "request log" if questions and all(q.key in logged for q in questions) else (
         source if rows is not None else f"the prompts ({source})")
