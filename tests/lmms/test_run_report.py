@@ -185,3 +185,10 @@ def test_request_log_of_another_run_is_refused_naming_the_record(run_dir, tmp_pa
     told = LETTERS[other[0]]
     with pytest.raises(RunReportError, match=rf"{log}: record 1: task 'ego_gen' doc 0: reply '{told}', but the run's samples"):
         read_lmms_run(run_dir, request_log=log)
+
+
+def test_an_unparsed_reply_has_no_predicted_letter():
+    from topa_plugin.lmms.run_report import _index
+
+    assert [_index(v, 5) for v in (-1, 5, "7", "C", "c", 2, "2", True)] == [None, None, None, 2, 2, 2, 2, None]
+    assert _index(-1, 0) is None and _index(3, 0) == 3  # options unknown: any index the scorer gave

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from topa_plugin.lmms.choices import AmbiguousOptionsError, doc_options, option_texts, parse_options
+from topa_plugin.lmms.choices import AmbiguousOptionsError, doc_options, parse_options
 from topa_plugin.utils.errors import TopaInputError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -204,7 +204,7 @@ def _index(value: Any, n_options: int) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if 0 <= value < max(n_options, 1) or not n_options else None
+        return value if value >= 0 and (not n_options or value < n_options) else None
     if isinstance(value, str):
         text = value.strip()
         if text.isdigit():
@@ -274,7 +274,6 @@ def _question(task: str, sample: dict, metric: str, doc: dict, logged: dict | No
     prompt = sample.get("input") if isinstance(sample.get("input"), str) else ""
     parsed = _prompt_options(prompt, doc) if prompt and not logged and not doc_options(doc) else None
     options = list(logged["options"]) if logged else (doc_options(doc) or (list(parsed.texts) if parsed else []))
-    options = option_texts(options) if options else []
     text = (logged or {}).get("question") or doc.get("question") or (parsed.question if parsed else prompt)
     right, pred, truth = _judge(sample.get(metric.split(",")[0]))
     predicted = _index(pred, len(options)) if pred is not None else (logged or {}).get("chosen")

@@ -16,7 +16,8 @@ NO_ANSWER = "none"  # the bias chart's column for replies the task's scorer coul
 
 def bias_chart(questions: list[Question]) -> str | None:
     """Predicted letters against correct letters of one task's questions (None without options)."""
-    n = max((len(q.options) for q in questions), default=0)
+    n = max((max(len(q.options), len(q.scores or []), (q.predicted or 0) + 1, (q.correct or 0) + 1) for q in questions),
+            default=0)
     if n < 2:
         return None
     letters = list(LETTERS[:n])
