@@ -67,11 +67,12 @@ def write_lmms_run(out: str | Path, tasks: dict[str, tuple[str, list[dict], list
         if data_file is not None:
             configs[task].update(dataset_path="json", dataset_kwargs={"data_files": {"test": str(data_file)}})
         n_samples[task] = {"original": len(docs), "effective": len(docs)}
-    subtasks = {task: [] for task in tasks}
+    # as lmms-eval 0.7.3 writes it: a group lists its members, and only tasks outside every group appear alone
+    grouped = {t for members in (groups or {}).values() for t in members}
+    subtasks = {**(groups or {}), **{task: [] for task in tasks if task not in grouped}}
     for group, members in (groups or {}).items():
         right = sum(s["score"]["pred"] == s["score"]["ground_truth"] for t in members for s in samples[t])
         results = {group: {"alias": group, "score,none": right / sum(len(samples[t]) for t in members)}, **results}
-        subtasks = {group: members, **subtasks}
     tracker.save_results_aggregated(
         results={"results": results, "group_subtasks": subtasks, "configs": configs, "n-samples": n_samples,
                  "config": {"model": "topa", "model_args": MODEL_ARGS}},

@@ -137,11 +137,13 @@ def test_two_runs_split_changes_into_gained_lost_and_switched(tmp_path, docs):
 
 
 def test_newest_results_file_is_read_and_the_others_counted(tmp_path, docs):
-    write_lmms_run(tmp_path / "out", {"t": (GENERATE, docs, ["A"] * 12)}, datetime_str="20260101_000000")
+    older = write_lmms_run(tmp_path / "out", {"t": (GENERATE, docs, ["A"] * 12)}, datetime_str="20260101_000000")
     newest = write_lmms_run(tmp_path / "out", {"t": (GENERATE, docs, ["B"] * 12)}, datetime_str="20260102_000000")
     run = read_lmms_run(tmp_path / "out")
     assert run.results_file == newest and run.other_results == 1
     assert {q.reply for q in run.questions} == {"B"}
+    picked = read_lmms_run(older)  # a results file names the run itself
+    assert picked.other_results == 0 and {q.reply for q in picked.questions} == {"A"}
 
 
 def test_missing_results_or_samples_name_what_is_missing(tmp_path, run_dir):
