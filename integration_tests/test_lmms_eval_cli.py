@@ -155,6 +155,24 @@ def test_topa_report_of_the_run_shows_lmms_evals_accuracy_and_the_ranked_scores(
     assert f"{results[TASKS[0]]['score,none']:.4f}" in page.read_text()
 
 
+def test_topa_report_of_a_grouped_run_shows_the_group_and_its_subtasks(fx, tmp_path):
+    tasks = tmp_path / "tasks"
+    shutil.copytree(fx["tasks"], tasks)
+    (tasks / "topa_egoschema_both.yaml").write_text(
+        "group: topa_egoschema_both\ntask:\n" + "".join(f"  - {t}\n" for t in TASKS)
+        + "aggregate_metric_list:\n  - metric: score\n    aggregation: mean\n    weight_by_size: true\n")
+    log = run_lmms_eval(fx, tmp_path / "out", tasks=("topa_egoschema_both",), include_path=tasks)
+    results = json.loads(next((tmp_path / "out").rglob("*_results.json"), Path("/missing")).read_text())["results"]
+    assert set(results) == {"topa_egoschema_both", *TASKS}, log[-3000:]
+    done = topa_cli("report", tmp_path / "out", "--out", tmp_path / "report.html", "--thumbnails", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {t["task"]: t for t in json.loads(done.stdout)["tasks"]}
+    assert list(rows) == ["topa_egoschema_both", *TASKS] and rows["topa_egoschema_both"]["group"]
+    for task, row in rows.items():
+        assert row["lmms_eval"] == results[task]["score,none"] and row["agrees"], row
+    assert rows["topa_egoschema_both"]["total"] == 2 * len(fx["rows"])
+
+
 def test_second_run_reads_every_video_from_the_feature_cache(fx, first_run, second_run):
     log1, _, samples1, cache1 = first_run
     log2, _, samples2, cache2 = second_run
