@@ -124,7 +124,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from topa_plugin.training.collator import TopaCollator
+    from topa_plugin.training.collator import BATCH_TASK, TopaCollator
 
     order = random.Random(0)
     n_batches = args.warmup + args.steps
@@ -133,6 +133,8 @@ def main() -> None:
         collate = TopaCollator(pad_token_id=processor.eos_id)
         batches = [collate([dataset[order.randrange(len(dataset))] for _ in range(args.batch)])
                    for _ in range(n_batches)]
+        for batch in batches:
+            batch.pop(BATCH_TASK)  # the step kind is for the trainer's log, not a model input
     model = build_model(args.shape, len(processor.tokenizer), args.device, args.adapter_len)
     if args.checkpointing:
         model.activation_checkpointing_enable()

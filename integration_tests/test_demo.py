@@ -41,6 +41,9 @@ def test_demo_pre_alignment_lowers_the_loss_and_saves_a_loadable_checkpoint(demo
     history = json.loads((out / "checkpoint" / "trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 60
+    # the loss plot's two series: every step is logged under its batch kind too, and both kinds occur
+    kinds = [[k for k in ("loss_multiple_choice", "loss_caption") if k in h] for h in history if "loss" in h]
+    assert all(len(k) == 1 for k in kinds) and {k[0] for k in kinds} == {"loss_multiple_choice", "loss_caption"}
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
     model = TopaForCausalLM.from_pretrained(out / "checkpoint")
     assert all(not p.requires_grad for p in model.llm.parameters())
@@ -66,3 +69,19 @@ def test_demo_explains_its_first_question_with_lmms_evals_answer(demo_run):
     html = page.read_text()
     assert f"Answer: <strong>{'ABCDE'[first['score']['pred']]}. " in html  # the letter lmms-eval gave
     assert html.count('class="caption"') >= 10  # the demo's memory knows its captions
+
+
+def test_demo_reports_its_lmms_eval_run_with_lmms_evals_accuracy(demo_run):
+    out, stdout = demo_run
+    report = out / "report.html"
+    assert f"report of the run (`topa report`): {report}" in stdout
+    results = json.loads(next((out / "eval" / "results").rglob("*_results.json")).read_text())["results"]
+    accuracy = results["topa_egoschema_local"]["score,none"]
+    from topa_plugin import read_lmms_run
+
+    run = read_lmms_run(out / "eval" / "results", request_log=out / "eval" / "requests.jsonl")
+    [score] = run.scores
+    assert score.value == accuracy and score.agrees and score.total == 6
+    assert all(q.margin is not None and q.video is not None for q in run.questions)  # scores from the request log
+    page = report.read_text()
+    assert f"{accuracy:.4f}" in page and f"{score.right} / 6" in page

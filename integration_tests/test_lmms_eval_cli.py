@@ -135,6 +135,44 @@ def test_both_variants_answer_every_doc_as_score_choices_does(fx, first_run):
         assert [greedy for _, greedy in pairs] == [i == best for i in range(5)]
 
 
+def test_topa_report_of_the_run_shows_lmms_evals_accuracy_and_the_ranked_scores(fx, first_run, tmp_path):
+    _, results, samples, _ = first_run
+    page = tmp_path / "report.html"
+    done = topa_cli("report", fx["root"] / "run1", "--out", page, "--thumbnails", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert {t["task"]: (t["lmms_eval"], t["total"], t["agrees"]) for t in summary["tasks"]} == {
+        task: (results[task]["score,none"], len(fx["rows"]), True) for task in TASKS}
+    assert summary["missing_videos"] == 0 and summary["page"] == str(page)
+    from topa_plugin import read_lmms_run
+
+    run = read_lmms_run(fx["root"] / "run1")
+    ranked = [q for q in run.questions if q.task == "topa_egoschema_local_mcppl"]
+    for q, sample in zip(ranked, samples["topa_egoschema_local_mcppl"]):
+        losses = sorted(float(loss) for loss, _ in sample["filtered_resps"])
+        assert q.margin == pytest.approx(losses[1] - losses[0]) and q.predicted == sample["score"]["pred"]
+        assert q.options == [o.split(". ", 1)[1] for o in fx["rows"][q.doc_id]["option"]]  # from the task's data file
+    assert f"{results[TASKS[0]]['score,none']:.4f}" in page.read_text()
+
+
+def test_topa_report_of_a_grouped_run_shows_the_group_and_its_subtasks(fx, tmp_path):
+    tasks = tmp_path / "tasks"
+    shutil.copytree(fx["tasks"], tasks)
+    (tasks / "topa_egoschema_both.yaml").write_text(
+        "group: topa_egoschema_both\ntask:\n" + "".join(f"  - {t}\n" for t in TASKS)
+        + "aggregate_metric_list:\n  - metric: score\n    aggregation: mean\n    weight_by_size: true\n")
+    log = run_lmms_eval(fx, tmp_path / "out", tasks=("topa_egoschema_both",), include_path=tasks)
+    results = json.loads(next((tmp_path / "out").rglob("*_results.json"), Path("/missing")).read_text())["results"]
+    assert set(results) == {"topa_egoschema_both", *TASKS}, log[-3000:]
+    done = topa_cli("report", tmp_path / "out", "--out", tmp_path / "report.html", "--thumbnails", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {t["task"]: t for t in json.loads(done.stdout)["tasks"]}
+    assert list(rows) == ["topa_egoschema_both", *TASKS] and rows["topa_egoschema_both"]["group"]
+    for task, row in rows.items():
+        assert row["lmms_eval"] == results[task]["score,none"] and row["agrees"], row
+    assert rows["topa_egoschema_both"]["total"] == 2 * len(fx["rows"])
+
+
 def test_second_run_reads_every_video_from_the_feature_cache(fx, first_run, second_run):
     log1, _, samples1, cache1 = first_run
     log2, _, samples2, cache2 = second_run

@@ -87,6 +87,11 @@ def check_run(trainer, out, llm_dir, features):
     """Loss fell, frozen LLM untouched, checkpoints hold trainables only, output reloads and scores."""
     losses = [h["loss"] for h in log_history(out) if "loss" in h]
     assert len(losses) == STEPS
+    # each step is one of the release's two kinds, and its loss is logged under that kind too
+    steps = [h for h in log_history(out) if "loss" in h]
+    kinds = [[k for k in ("loss_multiple_choice", "loss_caption") if k in h] for h in steps]
+    assert all(len(k) == 1 for k in kinds) and {k[0] for k in kinds} == {"loss_multiple_choice", "loss_caption"}
+    assert all(h[k[0]] == pytest.approx(h["loss"], abs=2e-4) for h, k in zip(steps, kinds))
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < first - 0.3, (first, last)
 

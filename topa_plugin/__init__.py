@@ -35,6 +35,8 @@ _EXPORTS = {
     "ask": "topa_plugin.ask",
     "Asker": "topa_plugin.ask",
     "Answer": "topa_plugin.ask",
+    "read_lmms_run": "topa_plugin.lmms.run_report",
+    "write_run_report": "topa_plugin.pages.run_report",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -62,7 +64,9 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.features.store import FeatureStore
     from topa_plugin.features.transforms import sample_frames
     from topa_plugin.features.video import read_frames
+    from topa_plugin.lmms.run_report import read_lmms_run
     from topa_plugin.modeling import TopaForCausalLM
+    from topa_plugin.pages.run_report import write_run_report
     from topa_plugin.processing import TopaProcessor, TopaPrompt
     from topa_plugin.release.convert import convert_official
     from topa_plugin.release.safeload import load_release_pickle

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "topa_plugin.commands.convert_official",
     "topa_plugin.commands.eval",
     "topa_plugin.commands.ask",
+    "topa_plugin.commands.report",
 ]
 
 

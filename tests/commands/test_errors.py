@@ -183,6 +183,10 @@ CASES = [
     Case("train-corrupt-shard", lambda ws: train(ws, "--model_name_or_path", str(ws.llama), features=ws.corrupt),
          r"corrupt_store/shard-\w+\.safetensors: shard corrupt \(100 bytes", "train", module=True,
          logs=True),
+    Case("report-no-results", lambda ws: ["report", str(ws.root / "full"), "--out", str(ws.root / "r.html")],
+         r"full: no lmms-eval results \(\*_results.json\) in it", "report", subprocess=True),
+    Case("report-out-folder-missing", lambda ws: ["report", str(ws.root / "full"), "--out", str(ws.root / "no" / "r.html")],
+         r"--out .*no/r.html: folder .*no does not exist", "report"),
 ]
 
 

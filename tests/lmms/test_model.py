@@ -106,6 +106,7 @@ def test_request_log_records_what_was_ranked_and_generated(lm, videos, tmp_path,
     assert ranked["mode"] == "rank" and ranked["question"] == "what does c do?"
     assert ranked["options"] == [o.split(". ", 1)[1] for o in OPTIONS]
     assert ranked["reply"] == answers[0] == "ABCDE"[ranked["chosen"]]
+    assert len(ranked["losses"]) == 5 and min(range(5), key=ranked["losses"].__getitem__) == ranked["chosen"]
     assert (generated["mode"], generated["reply"], generated["doc_id"]) == ("generate", answers[1], 1)
     assert "options" not in generated
 

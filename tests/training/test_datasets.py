@@ -14,7 +14,7 @@ import torch
 from topa_plugin.features.writer import write_sharded
 from topa_plugin.processing import IGNORE_INDEX
 from topa_plugin.textvid import TextVidError, sample_path, write_jsonl
-from topa_plugin.training.collator import TopaCollator
+from topa_plugin.training.collator import BATCH_TASK, TopaCollator
 from topa_plugin.training.samples import MULTIPLE_CHOICE, OPEN_ENDED, SUMMARY, DataError, balance_options, caption_slot_task
 from topa_plugin.training.textvid_dataset import TextVidDataset
 from topa_plugin.training.videoqa_dataset import VideoQADataset, read_video_qa
@@ -89,6 +89,7 @@ def test_each_batch_is_one_task_chosen_by_a_fair_per_visit_coin(processor, textv
         texts = [processor.decode(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
         kinds = {"Choose the correct answer" in t for t in texts}
         assert kinds == {items[0]["task_coin"]}, texts
+        assert batch[BATCH_TASK] == ("multiple_choice" if items[0]["task_coin"] else "caption")
         expected = items if items[0]["task_coin"] else [item["caption"] for item in items]
         assert [int(m.sum()) for m in batch["attention_mask"]] == [len(e["input_ids"]) for e in expected]
     assert 0.3 < sum(coins) / len(coins) < 0.7
@@ -300,6 +301,7 @@ def test_collator_pads_to_the_longest_sample_only():
     assert batch["input_ids"][0, 5:].eq(0).all() and batch["labels"][0, 5:].eq(IGNORE_INDEX).all()
     assert batch["video_start"].dtype == torch.long and batch["video_start"].tolist() == [3, 7]
     assert batch["video_features"].shape == (2, 10, DIM)
+    assert BATCH_TASK not in batch  # only TextVid batches have a step kind
 
 
 # ---------------------------------------------------------------- video QA layouts

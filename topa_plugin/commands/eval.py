@@ -8,18 +8,16 @@ exits non-zero unless a new ``*_results.json`` appeared under ``--output_path``.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from topa_plugin.commands import fail
+from topa_plugin.lmms.run_report import RESULTS_FILE
 
 COMMAND = "eval"
 RUN_FAILED = 1  # lmms-eval ran but produced no results (2 stays for bad arguments)
-# <output_path>/<model>/<date id>_results.json; tasks' own files (submissions/*_results.json) do not count
-RESULTS_FILE = re.compile(r"^\d{8}_\d{6}_results\.json$")
 
 
 def register(subparsers) -> None:

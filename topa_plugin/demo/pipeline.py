@@ -22,6 +22,8 @@ from pathlib import Path
 
 MARKER = ".topa-demo"
 EVAL_TASK = "topa_egoschema_local"
+# The trainer logs each step kind's loss apart (``TopaTrainerMixin.log``); the plot draws one series each.
+LOSS_SERIES = {"loss_multiple_choice": "multiple-choice batches", "loss_caption": "caption batches"}
 
 REAL_WEIGHT_COMMANDS = """\
 With real weights (see README.md):
@@ -35,9 +37,11 @@ class DemoResult:
     out_dir: Path
     timings: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    loss_series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     answers: list[str] = field(default_factory=list)
     explanation: Path | None = None
+    report: Path | None = None
 
 
 def eval_rows_path() -> Path:
@@ -64,19 +68,30 @@ def _prepare_out_dir(out_dir: Path) -> None:
     (out_dir / MARKER).write_text("written by `topa demo`; safe to delete\n")
 
 
-def _losses(train_dir: Path) -> list[float]:
+def _loss_log(train_dir: Path) -> list[dict]:
+    """The trainer's training-loss log entries (one per step: the demo logs every step)."""
     state = json.loads((train_dir / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    return [entry for entry in state["log_history"] if "loss" in entry]
 
 
-def _plot_losses(losses: list[float], path: Path) -> None:
+def loss_series(log: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """(steps, losses) of each batch kind: multiple-choice and caption steps sit at different loss
+    levels, so one line through both would zigzag between two curves."""
+    series = {label: ([e["step"] for e in log if key in e], [e[key] for e in log if key in e])
+              for key, label in LOSS_SERIES.items()}
+    return {label: points for label, points in series.items() if points[0]}
+
+
+def _plot_losses(series: dict[str, tuple[list[int], list[float]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses, marker=".")
+    for label, (steps, losses) in series.items():
+        ax.plot(steps, losses, marker=".", label=label)
+    ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("TOPA text-only pre-alignment (toy Llama, bundled TextVid)")
@@ -106,6 +121,7 @@ def _run_lmms_eval(out_dir: Path, checkpoint: Path, clip: tuple[Path, Path], mem
     model_args = ",".join([
         f"pretrained={checkpoint}", f"clip_model={clip[0]}", f"clip_pretrained={clip[1]}",
         f"memory={memory}", f"feature_cache={out_dir / 'eval' / 'feature_cache'}", "device=cpu",
+        f"request_log={_request_log(out_dir)}",
     ])
     command = [sys.executable, "-m", "lmms_eval", "--model", "topa", "--model_args", model_args,
                "--tasks", EVAL_TASK, "--include_path", str(tasks_dir), "--batch_size", "1",
@@ -130,6 +146,10 @@ def _explain(out_dir: Path, checkpoint: Path, clip: tuple[Path, Path], memory: P
     answer = asker.ask(out_dir / "eval" / "videos" / f"{row['video_idx']}.mp4", row["question"], row["option"],
                        answer=row["answer"])
     return write_explanation(answer, out_dir / "explanation.html")
+
+
+def _request_log(out_dir: Path) -> Path:
+    return out_dir / "eval" / "requests.jsonl"
 
 
 def _run_training(textvid: Path, features: Path, llama: Path, train_dir: Path, steps: int) -> None:
@@ -168,6 +188,14 @@ def _read_results(results_dir: Path, log: str) -> tuple[dict, list[str]]:
     results = json.loads(found[-1].read_text())["results"][EVAL_TASK]
     docs = sorted((json.loads(line) for line in samples[-1].read_text().splitlines()), key=lambda d: d["doc_id"])
     return results, [d["score"]["pred"] for d in docs]
+
+
+def _write_report(out_dir: Path) -> Path:
+    """``topa report`` of the demo's lmms-eval run, with the request log's option scores."""
+    from topa_plugin.pages.run_report import write_run_report
+
+    return write_run_report(out_dir / "report.html", out_dir / "eval" / "results",
+                            request_log=_request_log(out_dir)).path
 
 
 def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
@@ -219,9 +247,11 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
     with _stage(result, f"5/6 text-only pre-alignment, {steps} steps through the LLaVA trainer"):
         train_dir = out_dir / "checkpoint"
         _run_training(textvid, features, llama, train_dir, steps)
-        result.losses = _losses(train_dir)
-        _plot_losses(result.losses, out_dir / "loss_curve.png")
-        print(f"   loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}  {_sparkline(result.losses)}")
+        log = _loss_log(train_dir)
+        result.losses, result.loss_series = [e["loss"] for e in log], loss_series(log)
+        _plot_losses(result.loss_series, out_dir / "loss_curve.png")
+        for label, (_, losses) in result.loss_series.items():
+            print(f"   {label + ':':<25} loss {losses[0]:.3f} -> {losses[-1]:.3f}  {_sparkline(losses)}")
         print(f"   plot: {out_dir / 'loss_curve.png'}")
 
     with _stage(result, "6/6 zero-shot evaluation: lmms-eval --model topa on generated mp4 videos"):
@@ -237,12 +267,14 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
         print(f"   {n} questions, answers {letters}, accuracy {result.results['score,none']:.3f}")
         result.explanation = _explain(out_dir, train_dir, clip, memory_file, rows)
         print(f"   why the first answer (`topa ask --report`): {result.explanation}")
+        result.report = _write_report(out_dir)
+        print(f"   report of the run (`topa report`): {result.report}")
 
     print("\n== summary")
     for name, seconds in result.timings.items():
         print(f"   {seconds:7.1f}s  {name}")
     print(f"\nEverything is under {out_dir}: models/, features/, memory.safetensors, checkpoint/,"
-          " loss_curve.png, explanation.html, eval/ (videos, tasks, results, lmms_eval.log).")
+          " loss_curve.png, explanation.html, report.html, eval/ (videos, tasks, results, requests.jsonl, lmms_eval.log).")
     print("The models are random toys trained for seconds: their answers are chance level (20%).")
     print(REAL_WEIGHT_COMMANDS)
     return result

@@ -315,7 +315,7 @@ class Topa(lmms):
                 chosen = int(row.argmin())
                 results[position] = option_list.reply(chosen)
                 self._record(request, "rank", question=option_list.question, options=list(option_list.texts),
-                             chosen=chosen, reply=results[position])
+                             chosen=chosen, reply=results[position], losses=[float(x) for x in row])
             progress.update(len(batch))
 
         def generate(batch: list) -> None:

@@ -2,8 +2,9 @@
 
 Each line names the task and doc, the route taken (``rank``: options shown in the prompt were
 ranked; ``loglikelihood``: the task's continuations were ranked; ``generate``: free generation;
-``caption``: the authors' captioning protocol), the question and options the model saw, and its
-reply. It shows what the model read from a prompt, which lmms-eval's sample logs leave out.
+``caption``: the authors' captioning protocol), the question and options the model saw, each
+option's mean NLL (``losses``) where options were ranked, and its reply. ``topa report
+--request-log`` reads it back. It shows what the model read from a prompt, which lmms-eval's sample logs leave out.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import torch
 import transformers
 from transformers.trainer import SCHEDULER_NAME
 
+from topa_plugin.training.collator import BATCH_TASK
 from topa_plugin.training.llava_compat import trainer_base
 from topa_plugin.utils.atomic import atomic_write
 from topa_plugin.utils.constants import LORA_FILE
@@ -46,7 +47,27 @@ def _gathered(params):
 
 
 class TopaTrainerMixin:
-    """TOPA on top of either trainer: optimizer groups, trainables-only checkpoints, resume."""
+    """TOPA on top of either trainer: optimizer groups, trainables-only checkpoints, resume, and the
+    loss of each TextVid step kind logged apart."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss; a TextVid batch's kind (``batch_task``, no model input) is popped and its
+        loss kept for the next log."""
+        task = inputs.pop(BATCH_TASK, None)
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if task is not None and model.training:
+            loss = result[0] if return_outputs else result
+            self.__dict__.setdefault("_task_losses", {}).setdefault(task, []).append(loss.detach())
+        return result
+
+    def log(self, logs: dict, start_time=None) -> None:
+        """Training logs gain ``loss_multiple_choice`` / ``loss_caption``: the mean loss of this process's
+        batches of each kind since the last log. The release alternates the kinds step by step, and
+        their losses sit at different levels, so one curve of both zigzags where there are two curves."""
+        if "loss" in logs:
+            for task, losses in self.__dict__.pop("_task_losses", {}).items():
+                logs[f"loss_{task}"] = round(float(torch.stack(losses).float().mean()), 4)
+        super().log(logs, start_time)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name, param in model.named_parameters() if decays(name, param, self.args.decay_gates)]
