@@ -27,7 +27,7 @@ _EXPORTS = {
     "extract_videos": "topa_plugin.features.extract",
     "build_memory": "topa_plugin.features.memory",
     "sample_path": "topa_plugin.textvid",
-    "load_release_pickle": "topa_plugin.release.safeload",
+    "load_release_pickle": "topa_plugin.utils.safeload",
     "convert_official": "topa_plugin.release.convert",
     "TextVidRecord": "topa_plugin.textvid.records",
     "read_textvid": "topa_plugin.textvid.records",
@@ -61,6 +61,6 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.modeling import TopaForCausalLM
     from topa_plugin.processing import TopaProcessor, TopaPrompt
     from topa_plugin.release.convert import convert_official
-    from topa_plugin.release.safeload import load_release_pickle
     from topa_plugin.textvid import sample_path
     from topa_plugin.textvid.records import TextVidRecord, read_textvid
+    from topa_plugin.utils.safeload import load_release_pickle

@@ -9,7 +9,7 @@ from tests.helpers.release_fixtures import write_malicious_memory
 from topa_plugin.features.memory import load_memory, project_to_memory, save_memory, top_k_error
 from topa_plugin.features.store import FeatureError
 from topa_plugin.features.transforms import l2_normalize, noise_injection
-from topa_plugin.release.safeload import UnsafePickleError
+from topa_plugin.utils.safeload import UnsafePickleError
 
 
 def direct(frames, memory, temperature=100.0):
