@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers.import_graph import LAYERS, PACKAGE, circles, layer_arrows, layer_of, upward
+from tests.helpers.import_graph import LAYERS, LAYOUT, PACKAGE, circles, layer_arrows, layer_of, updated_layout, upward
 
 # (from layer, to layer): why the arrow is right. Empty today; add an entry only with its reason.
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
@@ -42,3 +42,8 @@ def test_the_graph_sees_lazy_imports(tmp_path):
     arrows = layer_arrows(package)
     assert set(upward(arrows)) == {("utils", "features")}
     assert circles(arrows) == [["utils", "features"]]
+
+
+def test_the_layout_page_draws_the_real_graph():
+    text = LAYOUT.read_text(encoding="utf-8")
+    assert updated_layout(text) == text, "run: python -m tests.helpers.import_graph --update-docs"

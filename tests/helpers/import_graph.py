@@ -2,6 +2,8 @@
 
 ``python -m tests.helpers.import_graph [PACKAGE_DIR]`` prints each layer's arrows, the upward ones and
 any circles; ``tests/test_layers.py`` fails on an upward arrow that is not in its allow-list.
+``python -m tests.helpers.import_graph --update-docs`` redraws the diagram in ``docs/layout.md`` (a test
+keeps it in sync with the code).
 """
 
 from __future__ import annotations
@@ -107,8 +109,34 @@ def circles(arrows: dict[tuple[str, str], set[str]]) -> list[list[str]]:
     return found
 
 
+FLOOR = ("utils", "pages")
+LABELS = {"core": "model core", "api": "topa_plugin (public API)", "cli": "cli.py", "release": "release (import)"}
+LAYOUT = PACKAGE.parent / "docs" / "layout.md"
+START, END = "<!-- layer-diagram:start -->", "<!-- layer-diagram:end -->"
+
+
+def mermaid(package: Path = PACKAGE) -> str:
+    """A mermaid flowchart of the arrows between layers, arrows into the floor left out (every layer may use it)."""
+    arrows = sorted((e for e in layer_arrows(package) if e[1] not in FLOOR),
+                    key=lambda e: (LAYERS.index(e[0]), LAYERS.index(e[1])))
+    used = sorted({x for edge in arrows for x in edge}, key=LAYERS.index, reverse=True)
+    lines = ["```mermaid", "flowchart TD"]
+    lines += [f'    {name}["{LABELS.get(name, name + "/")}"]' for name in used]
+    lines += [f"    {a} --> {b}" for a, b in arrows]
+    return "\n".join([*lines, "```"])
+
+
+def updated_layout(text: str) -> str:
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{mermaid()}\n{END}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--update-docs"]:
+        LAYOUT.write_text(updated_layout(LAYOUT.read_text(encoding="utf-8")), encoding="utf-8")
+        return 0
     package = Path(argv[0]).resolve() if argv else PACKAGE
     arrows = layer_arrows(package)
     for layer in LAYERS:
