@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -64,8 +65,11 @@ def test_pyproject_has_ranges_and_constraints_the_exact_pins():
 @pytest.mark.slow
 def test_the_wheel_ships_the_deepspeed_configs_and_recipes(tmp_path):
     """After a pip install without a clone, `--deepspeed zero2` resolves inside the installed package."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    source = tmp_path / "src"  # setuptools builds in the source tree: build a copy, leave the checkout clean
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "site", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
+                   check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("topa_plugin-*.whl"))
     assert wheel.name.startswith(f"topa_plugin-{topa_plugin.__version__}-")
     names = set(zipfile.ZipFile(wheel).namelist())
