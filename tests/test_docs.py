@@ -116,9 +116,21 @@ def test_the_marker_finder_sees_markers_and_their_absence(tmp_path):
     assert found == [("needs", "GPU", "nvidia-smi\n"), (None, "", "topa --help\n"), ("exits", "2", "topa nope\n")]
 
 
+def _bin_dirs(cwd: Path) -> str:
+    """This interpreter's scripts first. A virtualenv that takes torch from the system site-packages has no
+    `torchrun` of its own (the system's would run another Python): give it one that runs this interpreter's."""
+    bin_dir = Path(sys.executable).parent
+    if (bin_dir / "torchrun").exists():
+        return str(bin_dir)
+    shim = cwd / ".bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "torchrun").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m torch.distributed.run "$@"\n')
+    (shim / "torchrun").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{shim}"
+
+
 def _run(block: Block, cwd: Path) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "PATH": _bin_dirs(cwd) + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home"), "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
