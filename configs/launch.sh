@@ -3,7 +3,7 @@
 # RECIPE is a name from topa_plugin/training/configs/ (pretrain_llama2_7b, ...) or a YAML path.
 # Environment: NUM_GPUS (default 4); DEEPSPEED_CONFIG (default zero2.json beside this script, or zero3.json);
 # LAUNCHER replaces the launcher command (default: deepspeed on NUM_GPUS GPUs). On a host without CUDA,
-# see the README's "Pre-align on TextVid" section for the CPU launch.
+# see docs/training.md ("DeepSpeed, torchrun and several nodes") for the CPU launch.
 set -euo pipefail
 RECIPE=${1:?usage: bash configs/launch.sh RECIPE [flags]}
 shift

@@ -3,7 +3,7 @@
 The same as `topa ask VIDEO --checkpoint DIR --question ... --option ...` (and as `lmms-eval --model
 topa`): the video's CLIP frame features are projected onto the checkpoint's memory of text features,
 and each choice gets the mean NLL of its answer; the lowest wins. With real weights (a directory from
-`topa convert-official`, see README.md):
+`topa convert-official`, see docs/evaluation.md):
 
     python examples/score_video.py --checkpoint topa-13b --video clip.mp4 \
         --question "What is c doing in the kitchen?" \

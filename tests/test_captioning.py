@@ -109,3 +109,13 @@ def test_suppression_and_no_stop_at_end_of_sequence(caption_model):
         assert caption_video(model, features, protocol, max_new_tokens=3) == ""
     finally:
         model.llm.lm_head = original
+
+
+def test_a_repeated_prefix_ends_the_vatex_caption(caption_model):
+    """The release removed a repeated "The video shows" from the middle of the text; ours ends the caption there."""
+    from topa_plugin.captioning import caption_text
+
+    model, _ = caption_model
+    processor, protocol = model.processor, PROTOCOLS["vatex"]
+    generated = processor.encode_text(" a man cooks The video shows a pan. more")
+    assert caption_text(processor, protocol, generated) == "a man cooks"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from topa_plugin.version import __version__
 
 _EXPORTS = {
     "TopaConfig": "topa_plugin.configuration",
@@ -27,7 +27,7 @@ _EXPORTS = {
     "extract_videos": "topa_plugin.features.extract",
     "build_memory": "topa_plugin.features.memory",
     "sample_path": "topa_plugin.textvid",
-    "load_release_pickle": "topa_plugin.release.safeload",
+    "load_release_pickle": "topa_plugin.utils.safeload",
     "convert_official": "topa_plugin.release.convert",
     "TextVidRecord": "topa_plugin.textvid.records",
     "read_textvid": "topa_plugin.textvid.records",
@@ -69,6 +69,6 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.pages.run_report import write_run_report
     from topa_plugin.processing import TopaProcessor, TopaPrompt
     from topa_plugin.release.convert import convert_official
-    from topa_plugin.release.safeload import load_release_pickle
     from topa_plugin.textvid import sample_path
     from topa_plugin.textvid.records import TextVidRecord, read_textvid
+    from topa_plugin.utils.safeload import load_release_pickle

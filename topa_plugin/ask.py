@@ -109,10 +109,12 @@ class Asker:
 
         Args:
             checkpoint: a TOPA plugin directory (``topa train`` / ``topa convert-official``).
-            clip_model, clip_pretrained: the open_clip encoder (name or config JSON; tag or weights file).
+            clip_model: the open_clip encoder: a model name or a model-config JSON.
+            clip_pretrained: its weights: an open_clip tag or a local weights file.
             memory: a memory-bank file instead of the checkpoint's ``memory.safetensors``.
             frames: frames decoded per video (default: the checkpoint's ``max_feats``).
-            device: default cuda when available, else cpu. dtype: the LLM's (auto, float32, bfloat16, float16).
+            device: default cuda when available, else cpu.
+            dtype: the LLM's (auto, float32, bfloat16, float16).
             neighbors: memory rows shown per frame.
         """
         import torch

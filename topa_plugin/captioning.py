@@ -36,7 +36,7 @@ class CaptionProtocol:
 
 
 PROTOCOLS = {
-    # demos/Eval_Cap_MSR.ipynb: 10 tokens, memory projection on, " how"/" How" suppressed.
+    # demos/Eval_Cap_MSRVTT.ipynb: 10 tokens, memory projection on, " how"/" How" suppressed.
     "msrvtt": CaptionProtocol(
         instruction="Predict the answer based on the video and question.",
         rest="\nQuestion: Can you describe this video?\nAnswer: It is a video of",

@@ -25,8 +25,8 @@ from topa_plugin.features.store import FeatureError, FeatureStore
 from topa_plugin.features.transforms import l2_normalize
 from topa_plugin.features.video import VideoDecodeError, read_frames
 from topa_plugin.features.writer import CRASH_ENV
-from topa_plugin.release.safeload import UnsafePickleError
 from topa_plugin.textvid import read_textvid, sample_path, write_jsonl
+from topa_plugin.utils.safeload import UnsafePickleError
 
 SHARD = 16
 

@@ -16,7 +16,7 @@ from topa_plugin.features.memory import (
 )
 from topa_plugin.features.store import FeatureError
 from topa_plugin.features.transforms import l2_normalize, noise_injection
-from topa_plugin.release.safeload import UnsafePickleError
+from topa_plugin.utils.safeload import UnsafePickleError
 
 
 def direct(frames, memory, temperature=100.0):

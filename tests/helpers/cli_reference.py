@@ -1,7 +1,8 @@
-"""The README's CLI reference, rendered from the ``topa`` parser so the two cannot drift apart.
+"""The CLI reference page (docs/cli.md), rendered from the ``topa`` parser so the two cannot drift apart.
 
-``python -m tests.helpers.cli_reference README.md`` rewrites the block between the markers;
-``--check`` exits non-zero when the README is stale (the test suite runs that check).
+``python -m tests.helpers.cli_reference`` rewrites the block between the markers in docs/cli.md (or
+the file given); ``--check`` exits non-zero when it is stale (tests/test_docs.py runs that check).
+New commands registered in ``topa_plugin/cli.py`` appear after a rerun.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from topa_plugin.cli import build_parser
 
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def _subcommands(parser: argparse.ArgumentParser):
@@ -39,27 +41,33 @@ def render_reference() -> str:
     return "\n".join(parts)
 
 
-def updated_readme(text: str) -> str:
+def updated_page(text: str) -> str:
     if START not in text or END not in text:
-        raise ValueError(f"README lacks the markers {START} ... {END}")
+        raise ValueError(f"the page lacks the markers {START} ... {END}")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{render_reference()}{END}{tail}"
 
 
+def is_current(text: str) -> bool:
+    """The page says what the parser says. Whitespace is not compared: argparse lays help out differently
+    across Python versions (3.13 puts a long subcommand name and its help on one line)."""
+    return updated_page(text).split() == text.split()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("readme", type=Path)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README's reference is stale")
+    parser.add_argument("page", type=Path, nargs="?", default=PAGE)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the page's reference is stale")
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
-    new = updated_readme(text)
+    text = args.page.read_text(encoding="utf-8")
+    new = updated_page(text)
     if args.check:
-        if new != text:
-            print(f"{args.readme}: CLI reference is stale; run python -m tests.helpers.cli_reference {args.readme}")
+        if not is_current(text):
+            print(f"{args.page}: CLI reference is stale; run python -m tests.helpers.cli_reference")
             return 1
         return 0
-    args.readme.write_text(new, encoding="utf-8")
+    args.page.write_text(new, encoding="utf-8")
     return 0
 
 

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 def test_console_errors_and_escaping_in_chromium(tmp_path):
     page = tmp_path / "page.html"
-    page.write_text(render("base.html.j2", title="<script>window.ran = 1</script>", version="0")
+    page.write_text(render("base.html.j2", title="<script>window.ran = 1</script>")
                     .replace("</body>", "<h1 id=h>hello</h1><script>undefinedFunction()</script></body>"))
     driver = open_browser()
     try:

@@ -4,7 +4,7 @@ from topa_plugin.pages.render import PageError, check_page_path, render, write_p
 
 
 def test_text_is_escaped(tmp_path):
-    html = render("base.html.j2", title='<script>alert("x")</script>', version="0")
+    html = render("base.html.j2", title='<script>alert("x")</script>')
     assert "<script>alert" not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
 
@@ -13,7 +13,7 @@ def test_undefined_names_fail():
     import jinja2
 
     with pytest.raises(jinja2.UndefinedError):
-        render("base.html.j2", version="0")
+        render("base.html.j2")
 
 
 def test_page_path_errors_name_the_path(tmp_path):

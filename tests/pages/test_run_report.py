@@ -11,7 +11,8 @@ import pytest
 
 from tests.helpers.browser import console_errors, file_url, open_browser, screenshot_is_blank
 from tests.helpers.lmms_runs import GENERATE, LETTERS, MCPPL, egoschema_docs, write_lmms_run
-from topa_plugin.pages.run_report import write_run_report
+from topa_plugin.lmms.run_report import read_lmms_run
+from topa_plugin.pages.run_report import attach_thumbnails, write_run_report
 
 pytest.importorskip("lmms_eval")
 
@@ -121,3 +122,19 @@ def test_cards_render_in_chunks_as_the_page_scrolls(tmp_path):
     finally:
         driver.quit()
 
+
+def test_thumbnails_of_reachable_videos_and_a_count_of_missing_ones(tmp_path):
+    from topa_plugin.demo.toy import write_toy_video
+
+    docs = egoschema_docs(3, videos=tmp_path / "videos")
+    write_toy_video(tmp_path / "videos" / "video-00000.mp4", n_frames=10, seed=0)
+    (tmp_path / "videos" / "video-00001.mp4").write_bytes(b"not a video")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    write_lmms_run(tmp_path / "out", {"t": (GENERATE, docs, ["A", "B", "C"])}, data_file=data)
+    questions = read_lmms_run(tmp_path / "out").questions
+    assert [q.video is not None for q in questions] == [True, True, False]
+    assert attach_thumbnails(questions, frames=3, side=32) == 2
+    assert len(questions[0].frames) == 3 and all(f.startswith("data:image/jpeg;base64,") for f in questions[0].frames)
+    assert "cannot decode" in questions[1].frames_note and questions[1].frames == []
+    assert questions[2].frames_note == "video video-00002 not found"

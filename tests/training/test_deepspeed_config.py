@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from topa_plugin.training import train as train_module
-from topa_plugin.training.arguments import parse_arguments
+from topa_plugin.training.arguments import DEEPSPEED_DIR, parse_arguments
 from topa_plugin.training.deepspeed_config import DeepSpeedConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -91,3 +91,30 @@ def test_a_bad_config_stops_the_entry_point_before_anything_loads(tmp_path, monk
                        "with these flags:"
     assert len(lines) == 2 and lines[1].startswith(f"{path}: zero_optimization.allgather_bucket_size: ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("given", ["zero2", "zero3.json"])
+def test_shipped_configs_by_name_need_no_clone(tmp_path, monkeypatch, given):
+    """`--deepspeed zero2` finds the config shipped in the package, from a folder without configs/."""
+    monkeypatch.chdir(tmp_path)
+    _, _, args = parse_arguments(FLAGS + ["--deepspeed", given])
+    shipped = DEEPSPEED_DIR / f"{given.removesuffix('.json')}.json"
+    assert args.deepspeed == str(shipped)
+    assert args.hf_deepspeed_config.config["zero_optimization"]["stage"] == int(given[4])
+
+
+def test_a_file_in_the_working_folder_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "zero2").write_text((DEEPSPEED_DIR / "zero2.json").read_text())
+    assert parse_arguments(FLAGS + ["--deepspeed", "zero2"])[2].deepspeed == "zero2"
+
+
+def test_an_unknown_name_is_named_as_a_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DeepSpeedConfigError, match="--deepspeed zero4: cannot read"):
+        parse_arguments(FLAGS + ["--deepspeed", "zero4"])
+
+
+def test_the_repository_configs_are_the_shipped_files():
+    for name in ("zero2.json", "zero3.json"):
+        assert (CONFIGS / name).resolve() == (DEEPSPEED_DIR / name).resolve()

@@ -28,3 +28,21 @@ def test_batched_check_equals_the_full_encoding(processor, templates, max_seq_le
     assert truncation_problems(processor, templates, max_seq_len) == exact
     if max_seq_len in (90, 120):  # the cases that need the exact path and the ones that do not both occur
         assert any(exact) and not all(exact)
+
+
+def test_balancing_shuffles_a_copy_so_revisits_keep_the_right_label():
+    """The release shuffled a record's options in place: a revisit could then train on the wrong label."""
+    import random
+
+    from topa_plugin.training.samples import balance_options
+
+    options = ["c cuts onions", "c washes a pan", "c opens the fridge", "c reads", "c sleeps"]
+    kept = list(options)
+    rng = random.Random(0)
+    orders = set()
+    for _visit in range(40):
+        shuffled, answer = balance_options(options, 2, rng)
+        assert options == kept and shuffled[answer] == "c opens the fridge"
+        orders.add(tuple(shuffled))
+    assert len(orders) > 10
+    assert balance_options(["a", "b", "all of the above", "d", "e"], 2, rng) == (["a", "b", "all of the above", "d", "e"], 2)

@@ -26,7 +26,7 @@ EVAL_TASK = "topa_egoschema_local"
 LOSS_SERIES = {"loss_multiple_choice": "multiple-choice batches", "loss_caption": "caption batches"}
 
 REAL_WEIGHT_COMMANDS = """\
-With real weights (see README.md):
+With real weights (see docs/getting-started.md):
   topa convert-official --llama-dir llama-2-13b --checkpoint checkpoint_19.pth --memory memory.pkl --out topa-13b
   HF_HOME=/data/hf lmms-eval --model topa --model_args pretrained=topa-13b --tasks egoschema_subset --output_path results
   bash configs/pretrain_llama2_7b.sh   # pre-align Llama-2-7B on TextVid (4 GPUs)"""

@@ -259,7 +259,7 @@ def extract_videos(videos: str | Path, out_dir: str | Path, encoder, num_frames:
 
 def load_release_rows(path: Path, record) -> torch.Tensor:
     """One record's release feature file: [n_captions, D] rows in frame key order."""
-    from topa_plugin.release.safeload import load_release_pickle
+    from topa_plugin.utils.safeload import load_release_pickle
 
     if not path.is_file():
         raise FeatureError(f"{path}: feature file of record {record.idx!r} not found")

@@ -181,7 +181,7 @@ def load_memory(path: str | os.PathLike, dtype: torch.dtype | None = None) -> to
         if memory is None:
             raise FeatureError(f"{path}: no tensor named 'memory' (found {keys})")
     else:
-        from topa_plugin.release.safeload import load_release_pickle
+        from topa_plugin.utils.safeload import load_release_pickle
 
         memory = load_release_pickle(path)
     memory = _check_memory(memory, str(path))

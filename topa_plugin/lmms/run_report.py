@@ -28,7 +28,6 @@ from topa_plugin.utils.errors import TopaInputError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 THUMBNAILS = 4        # frames per question in a report card's strip (``topa report --thumbnails``)
-THUMBNAIL_SIDE = 112  # pixels, longest side: a strip of 4 stays a few kB per video
 RESULTS_SUFFIX = "_results.json"
 # <output_path>/<model>/<date id>_results.json; tasks' own files (submissions/*_results.json) are not runs
 RESULTS_FILE = re.compile(r"^\d{8}_\d{6}_results\.json$")
@@ -410,32 +409,3 @@ def compare_runs(a: Run, b: Run) -> Comparison:
         elif qa.right is False and qb.right is False and qa.predicted != qb.predicted:
             switched.append((qa, qb))
     return Comparison(gained, lost, switched, matched, len(a.questions) - matched, len(b.questions) - matched)
-
-
-# ---------------------------------------------------------------- thumbnails
-
-def attach_thumbnails(questions: list[Question], frames: int = THUMBNAILS, side: int = THUMBNAIL_SIDE) -> int:
-    """Decode ``frames`` frames of each reachable video (once per file) as thumbnails; returns how
-    many questions have no video to show. A file that cannot be decoded is noted on its card."""
-    from topa_plugin.features.video import VideoDecodeError, read_frames
-    from topa_plugin.pages.images import thumbnail_uri
-
-    decoded: dict[str, tuple[list[str], str]] = {}
-    missing = 0
-    for q in questions:
-        if q.video is None:
-            missing += 1
-            q.frames_note = f"video {q.video_name} not found" if q.video_name else "the run names no video"
-            continue
-        if frames < 1:
-            q.frames_note = "thumbnails off (--thumbnails 0)"
-            continue
-        if q.video not in decoded:
-            try:
-                decoded[q.video] = ([thumbnail_uri(f, side) for f in read_frames(q.video, frames)], "")
-            except VideoDecodeError as err:
-                decoded[q.video] = ([], str(err))
-        q.frames, q.frames_note = decoded[q.video]
-        if q.frames_note:
-            missing += 1
-    return missing

@@ -18,7 +18,6 @@ def _option_labels(answer) -> list[str]:
 
 def explanation_html(answer) -> str:
     """The page's HTML for an ``Answer`` (``topa_plugin.ask``); every string from the user or the memory is escaped."""
-    import topa_plugin
     from topa_plugin.features.memory import COVERAGE_PERCENTILE, COVERAGE_SAMPLE
 
     chart = None
@@ -29,7 +28,7 @@ def explanation_html(answer) -> str:
               for frame, image in zip(answer.frames, images)]
     has_text = any(n.text is not None for f in answer.frames for n in f.neighbors)
     return render(
-        TEMPLATE, title=f"TOPA answer: {answer.question}", version=topa_plugin.__version__, answer=answer,
+        TEMPLATE, title=f"TOPA answer: {answer.question}", answer=answer,
         video_name=Path(answer.video).name, frames=frames, chart=chart, option_labels=_option_labels(answer),
         has_text=has_text, low=sum(f.low_coverage for f in answer.frames),
         coverage_sample=COVERAGE_SAMPLE, coverage_percentile=COVERAGE_PERCENTILE,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from topa_plugin.utils.atomic import atomic_write
 from topa_plugin.utils.errors import TopaInputError
+from topa_plugin.version import __version__
 
 
 class PageError(TopaInputError, ValueError):
@@ -32,8 +33,8 @@ def environment():
 
 
 def render(template: str, **context) -> str:
-    """The HTML of ``template`` (a file in ``templates/``) filled with ``context``."""
-    return environment().get_template(template).render(**context)
+    """The HTML of ``template`` (a file in ``templates/``) filled with ``context`` and the package ``version``."""
+    return environment().get_template(template).render(version=__version__, **context)
 
 
 def check_page_path(path: str | Path) -> Path:

@@ -7,10 +7,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from topa_plugin.lmms.run_report import LETTERS, THUMBNAILS, Comparison, Question, Run, attach_thumbnails, compare_runs, read_lmms_run
+from topa_plugin.lmms.run_report import LETTERS, THUMBNAILS, Comparison, Question, Run, compare_runs, read_lmms_run
 from topa_plugin.pages import charts
+from topa_plugin.pages.images import thumbnail_uri
 from topa_plugin.pages.render import check_page_path, render, write_page
 
+STRIP_SIDE = 112  # pixels, longest side: a strip of 4 stays a few kB per video
 NO_ANSWER = "none"  # the bias chart's column for replies the task's scorer could not read
 
 
@@ -57,16 +59,40 @@ def _changes(comparison: Comparison) -> list[dict]:
         for key, title, pairs in groups]
 
 
-def render_run_report(run: Run, run_b: Run | None = None, missing_videos: int = 0, thumbnails: int = 0) -> str:
-    from topa_plugin import __version__
+def attach_thumbnails(questions: list[Question], frames: int = THUMBNAILS, side: int = STRIP_SIDE) -> int:
+    """Decode ``frames`` frames of each reachable video (once per file) as thumbnails; returns how
+    many questions have no video to show. A file that cannot be decoded is noted on its card."""
+    from topa_plugin.features.video import VideoDecodeError, read_frames
 
+    decoded: dict[str, tuple[list[str], str]] = {}
+    missing = 0
+    for q in questions:
+        if q.video is None:
+            missing += 1
+            q.frames_note = f"video {q.video_name} not found" if q.video_name else "the run names no video"
+            continue
+        if frames < 1:
+            q.frames_note = "thumbnails off (--thumbnails 0)"
+            continue
+        if q.video not in decoded:
+            try:
+                decoded[q.video] = ([thumbnail_uri(f, side) for f in read_frames(q.video, frames)], "")
+            except VideoDecodeError as err:
+                decoded[q.video] = ([], str(err))
+        q.frames, q.frames_note = decoded[q.video]
+        if q.frames_note:
+            missing += 1
+    return missing
+
+
+def render_run_report(run: Run, run_b: Run | None = None, missing_videos: int = 0, thumbnails: int = 0) -> str:
     tasks = list(dict.fromkeys(q.task for q in run.questions))
     per_task = {t: [q for q in run.questions if q.task == t] for t in tasks}
     comparison = compare_runs(run, run_b) if run_b is not None else None
     others = {q.key: q for q in run_b.questions} if run_b is not None else {}
     charts_by_task = [{"task": t, "bias": bias_chart(qs), "margin": margin_chart(qs)} for t, qs in per_task.items()]
     return render(
-        "run_report.html.j2", title=f"lmms-eval run: {run.name}", version=__version__, run=run, run_b=run_b,
+        "run_report.html.j2", title=f"lmms-eval run: {run.name}", run=run, run_b=run_b,
         tasks=tasks, charts=charts_by_task, missing_videos=missing_videos, thumbnails=thumbnails,
         comparison=comparison, changes=_changes(comparison) if comparison else [],
         data={"tasks": tasks, "two": run_b is not None,

@@ -2,7 +2,7 @@
 
 The release is a Meta-format Llama (``params.json``, ``consolidated.*.pth``, ``tokenizer.model``)
 plus ``checkpoint_N.pth`` (trainables, optimizer, ``args``) and ``memory.pkl``. Every file is
-read through :mod:`topa_plugin.release.safeload`. With ``llama_dir`` the output is self-contained (the
+read through :mod:`topa_plugin.utils.safeload`. With ``llama_dir`` the output is self-contained (the
 Hugging Face base goes to ``OUT/base``); with ``base`` only the TOPA parts are written and the
 config references the existing Hugging Face model (the route for Llama-3-8B, whose Meta
 directory has a tiktoken tokenizer).
@@ -25,8 +25,8 @@ from topa_plugin.release.meta_llama import (
     meta_llama_config,
     write_hf_base,
 )
-from topa_plugin.release.safeload import load_release_pickle
 from topa_plugin.utils.constants import BASE_DIR, DTYPES
+from topa_plugin.utils.safeload import load_release_pickle
 
 RELEASE_MEMORY_ROWS = 1_000_000  # the release keeps memory.pkl's first 1M rows
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from topa_plugin.release.safeload import load_release_pickle
 from topa_plugin.utils.atomic import share_like_new_files
 from topa_plugin.utils.errors import TopaInputError
+from topa_plugin.utils.safeload import load_release_pickle
 
 
 class ConversionError(TopaInputError, ValueError):

@@ -25,6 +25,7 @@ from topa_plugin.training.samples import OVERLONG_POLICIES
 from topa_plugin.utils.errors import first_line
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+DEEPSPEED_DIR = CONFIGS_DIR / "deepspeed"
 
 TASKS = ("pretrain", "finetune")
 
@@ -103,6 +104,7 @@ class TrainingArguments(transformers.TrainingArguments):
             # independent copies and DeepSpeed's batch check fails.
             self.use_cpu = True
         if isinstance(self.deepspeed, str):
+            self.deepspeed = str(resolve_deepspeed(self.deepspeed))
             _read_json(self.deepspeed)  # names the file before transformers reads it
         super().__post_init__()
 
@@ -204,6 +206,16 @@ def resolve_config(config: str) -> Path:
         return shipped[config.removesuffix(".yaml")]
     names = ", ".join(sorted(name for name in shipped if "/" not in name))
     raise LaunchError(f"--config {config}: no such file, and no shipped recipe of that name (shipped: {names})")
+
+
+def resolve_deepspeed(config: str) -> Path:
+    """A DeepSpeed JSON path, or a shipped config by name (``--deepspeed zero2``, ``zero3``), so a pip
+    install needs no clone; ``configs/zero*.json`` in the repository are links to the same files."""
+    path = Path(config)
+    shipped = DEEPSPEED_DIR / f"{config.removesuffix('.json')}.json"
+    if not path.exists() and "/" not in config and shipped.is_file():
+        return shipped
+    return path
 
 
 def with_config(argv: list[str], parser: TrainingParser) -> list[str]:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.helpers.release_fixtures import write_malicious_memory
-from topa_plugin.release import safeload
-from topa_plugin.release.safeload import UnsafePickleError, load_release_pickle
+from topa_plugin.utils import safeload
+from topa_plugin.utils.safeload import UnsafePickleError, load_release_pickle
 
 
 def _dump(path, obj, protocol=pickle.DEFAULT_PROTOCOL):

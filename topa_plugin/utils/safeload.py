@@ -8,6 +8,9 @@ is not enough on its own: pickle's BUILD sets attributes on whatever object it i
 file could rewrite an allowed class or function (argparse.Namespace, torch's rebuild functions)
 for the rest of the process. Plain pickles therefore go through the pure-Python unpickler with
 BUILD restricted to instances of the allowed data types, as torch's weights_only loader does.
+
+It sits on the floor (utils) because two stages read release pickles: features (per-record
+features, memory.pkl) and release (checkpoints, Meta shards).
 """
 
 from __future__ import annotations
