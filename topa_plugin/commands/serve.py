@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 from pathlib import Path
 
 from topa_plugin.commands import fail, positive_int
@@ -71,6 +72,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM stop the server as Ctrl-C does, so the upload folder is removed on the way out."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(args) -> int:
     from topa_plugin.ask import Asker
     from topa_plugin.serve.app import build_app
@@ -90,6 +99,7 @@ def run(args) -> int:
     asker = Asker.from_pretrained(args.checkpoint, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                                   memory=args.memory, device=args.device, dtype=args.dtype)
     limits = UploadLimits(max_bytes=args.max_upload_mb * MB, max_duration_s=float(args.max_duration_s))
+    _stop_on_sigterm()
     with upload_folder() as uploads:
         log.info("uploads go to %s (removed %d s after upload and when the server stops)", uploads, args.upload_retention_s)
         app = build_app(asker, limits, examples=examples, retention_s=args.upload_retention_s)
