@@ -32,6 +32,9 @@ _EXPORTS = {
     "TextVidRecord": "topa_plugin.textvid.records",
     "read_textvid": "topa_plugin.textvid.records",
     "caption_video": "topa_plugin.captioning",
+    "ask": "topa_plugin.ask",
+    "Asker": "topa_plugin.ask",
+    "Answer": "topa_plugin.ask",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,6 +53,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
+    from topa_plugin.ask import Answer, Asker, ask
     from topa_plugin.captioning import caption_video
     from topa_plugin.configuration import TopaConfig
     from topa_plugin.features.clip import load_clip

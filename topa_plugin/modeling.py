@@ -261,7 +261,8 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
             self.processor.save_pretrained(directory)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, device=None, load_memory: bool = True):
+    def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, device=None, load_memory: bool = True,
+                        memory=None):
         """Load a plugin directory; the base LLM comes from ``base/`` or ``base_model_name_or_path``.
 
         Local paths are read with ``local_files_only``; only a Hugging Face id as base may download.
@@ -271,6 +272,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
             torch_dtype: dtype of the frozen LLM (the adapter stays float32).
             device: where to put the model (default: CPU).
             load_memory: load ``memory.safetensors`` when the directory has one.
+            memory: a memory-bank file (``load_memory``) used instead of the directory's.
 
         Raises:
             FileNotFoundError: no plugin directory, or its base model is missing.
@@ -289,7 +291,12 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         model = cls(config, llm=llm)
         model.name_or_path = str(directory)  # named in warnings
         load_adapter(model.adapter, directory)
-        if load_memory and (directory / MEMORY_FILE).exists():
+        if memory is not None:
+            model.memory = memory_bank.load_memory(memory)
+            if model.memory.shape[1] != config.feature_dim:
+                raise ValueError(f"{memory}: memory rows have dim {model.memory.shape[1]}, "
+                                 f"the checkpoint {directory} expects {config.feature_dim}")
+        elif load_memory and (directory / MEMORY_FILE).exists():
             model.memory = memory_bank.load_memory(directory / MEMORY_FILE)
         for source in (directory, Path(base_path)):
             if any((source / name).exists() for name in TOKENIZER_FILES):

@@ -151,6 +151,10 @@ class TopaProcessor:
         labels = [IGNORE_INDEX] * first + input_ids[first:]
         return TopaPrompt(input_ids, labels, video_start)
 
+    def prompt_text(self, template: PromptTemplate, video_marker: str) -> str:
+        """The text a prompt tokenises from (BOS aside), its ``max_feats`` video slots shown as ``video_marker``."""
+        return f"Instruction: {template.instruction}\nVideo:{video_marker}{self.newline_text}{template.rest}"
+
     def multiple_choice_template(self, question: str, options: list[str], answer: int | None,
                                  question_mark: str = "keep_period") -> PromptTemplate:
         if not options:

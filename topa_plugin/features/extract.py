@@ -152,7 +152,8 @@ def extract_textvid(textvid: str | Path | TextVidSource, out_dir: str | Path, en
         the store's ``index.json``.
     """
     source = textvid if isinstance(textvid, TextVidSource) else check_textvid(textvid, skip_invalid)
-    header = {"kind": "textvid", "encoder": encoder.identity, "dim": encoder.embed_dim}
+    # "source" lets `topa memory build` show each memory row's captions (not a header key resumes must match).
+    header = {"kind": "textvid", "encoder": encoder.identity, "dim": encoder.embed_dim, "source": str(source.path.resolve())}
     return write_sharded(out_dir, header, source.keys, source, lambda recs: textvid_features(encoder, recs, batch_size),
                          shard_size, dtype, desc="textvid features", unit="rec", digests=source.digests,
                          rejected=source.rejected)

@@ -238,7 +238,8 @@ def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0,
         allow_image_features: accept a store of video (image) features, which is not TOPA's bank.
 
     Returns:
-        (memory [rows, D] fp16, stats with records / frames / unique / rows counts).
+        (memory [rows, D] fp16, stats with records / frames / unique / rows counts and ``kept``: each row's
+        frame number in store order, for ``provenance.row_sources``).
     """
     from tqdm.auto import tqdm
 
@@ -266,4 +267,47 @@ def build_memory(store: FeatureStore, size: int | None = None, seed: int = 0,
         memory[pos:pos + n] = _memory_rows(store, runs[run])[picked]
         pos += n
     stats["rows"] = int(memory.shape[0])
+    stats["kept"] = unique_rows.tolist()
     return memory, stats
+
+
+def nearest_rows(frames: torch.Tensor, memory: torch.Tensor, k: int,
+                 max_chunk_elems: int = CPU_CHUNK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosines [n, k] descending, row numbers [n, k]) of each unit frame's k most similar memory rows,
+    streaming over memory chunks (fp16 rows are widened one chunk at a time)."""
+    x = frames.float()
+    k = min(k, memory.shape[0])
+    _, rows = _blocks(x.shape[0], memory.shape[0], memory.shape[1], max_chunk_elems, None)
+    best = x.new_empty((x.shape[0], 0))
+    best_idx = torch.empty((x.shape[0], 0), dtype=torch.long, device=x.device)
+    for start, chunk in _memory_chunks(memory, rows, x.device):
+        values, index = (x @ chunk.T).topk(min(k, chunk.shape[0]), dim=1)
+        best, best_idx = torch.cat([best, values], dim=1), torch.cat([best_idx, index + start], dim=1)
+        if best.shape[1] > k:
+            best, keep = best.topk(k, dim=1)
+            best_idx = best_idx.gather(1, keep)
+    return best, best_idx
+
+
+COVERAGE_SAMPLE = 256
+COVERAGE_PERCENTILE = 5.0
+
+
+def coverage_threshold(memory: torch.Tensor, sample: int = COVERAGE_SAMPLE, percentile: float = COVERAGE_PERCENTILE,
+                       seed: int = 0) -> float:
+    """The low end of the memory's own typical range: the ``percentile``-th percentile, over ``sample``
+    rows drawn with ``seed``, of each row's cosine to its nearest *other* row.
+
+    A frame's coverage (its largest cosine to the memory) below this is farther from every memory row
+    than 95% of the memory's own rows are from their nearest neighbour: what it becomes after projection
+    is a blend of texts none of which describes it well. (CLIP image features sit farther from text
+    features than texts from each other -- the modality gap TOPA's projection bridges -- so read the
+    flag as "less covered than the bank's own texts", and compare frames with each other.)"""
+    if memory.shape[0] < 2:
+        raise ValueError(f"a coverage threshold needs at least 2 memory rows, got {memory.shape[0]}")
+    generator = torch.Generator().manual_seed(seed)
+    picked = torch.randperm(memory.shape[0], generator=generator)[:sample].to(memory.device)
+    queries = memory[picked].float()
+    cosines, rows = nearest_rows(queries, memory, 2)
+    other = torch.where(rows[:, 0] == picked, cosines[:, 1], cosines[:, 0])  # skip the row itself
+    return float(torch.quantile(other.cpu(), percentile / 100.0))

@@ -90,6 +90,8 @@ class FeatureStore:
         self._ids: list[str] = index["ids"]
         self._shard_of = array("i", index["shard"])  # compact columns: 721k records
         self.n_frames = array("i", index["n_frames"])
+        self.digests: list[str] = index["digests"]  # per record, what its features depend on (caption_digest)
+        self.source: str | None = index.get("source")  # the TextVid file of a textvid store, where recorded
         self._position = {idx: i for i, idx in enumerate(self._ids)}
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._verified: set[int] = set()

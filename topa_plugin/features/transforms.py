@@ -27,12 +27,19 @@ def sample_frames(features: torch.Tensor, max_feats: int) -> torch.Tensor:
         raise ValueError(f"expected frame features of shape [T>=1, F], got {tuple(features.shape)}")
     n = features.shape[0]
     if n > max_feats:
-        index = torch.div(torch.arange(max_feats) * n, max_feats, rounding_mode="floor")
-        return features[index.to(features.device)]
+        return features[torch.tensor(sampled_rows(n, max_feats), device=features.device)]
     if n < max_feats:
         pad = features.new_zeros(max_feats - n, features.shape[1])
         return torch.cat([features, pad], dim=0)
     return features
+
+
+def sampled_rows(n: int, max_feats: int) -> list[int]:
+    """The rows of ``n`` frames that ``sample_frames`` keeps, in slot order (all of them when n <= max_feats;
+    the remaining slots are zero padding)."""
+    if n <= max_feats:
+        return list(range(n))
+    return [(j * n) // max_feats for j in range(max_feats)]
 
 
 def noise_injection(x: torch.Tensor, variance: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -45,6 +45,8 @@ class DecodeInfo:
     decoded: int = 0  # frames the decoder produced
     floor: int = 0  # frames from each sampled frame's key frame up to it, each once
     fallback: str | None = None
+    indices: list[int] | None = None  # each returned frame's index in the full decode (None: lmms-eval's reader)
+    times: list[float] | None = None  # each returned frame's presentation time in seconds
 
 
 @dataclass
@@ -148,8 +150,9 @@ def _read_exact(path: str, num_frames: int, threads: int) -> tuple[np.ndarray, D
             return _seek_and_decode(container, packets, shown, num_frames, threads)
         except _NotExact as reason:
             fallback = str(reason)
-    frames, total = _full_decode(av, path, num_frames, len(shown), threads)
-    return frames, DecodeInfo("full", total, total, total, fallback)
+    frames, total, times = _full_decode(av, path, num_frames, len(shown), threads)
+    indices = uniform_indices(total, num_frames).tolist()
+    return frames, DecodeInfo("full", total, total, total, fallback, indices, times)
 
 
 def _packet_list(av, container, path: str) -> list[_Packet]:
@@ -203,7 +206,9 @@ def _seek_and_decode(container, packets: list[_Packet], shown: list[tuple[int, i
     for key, last, wanted in spans:
         decoded += _decode_span(container, stream, context, packets, key, last, wanted, got)
     floor = sum(last - key + 1 for key, last, _ in spans)
-    info = DecodeInfo("seek", len(shown), decoded, floor)
+    picked = uniform_indices(len(shown), num_frames).tolist()
+    info = DecodeInfo("seek", len(shown), decoded, floor, indices=picked,
+                      times=[float(shown[i][0] * stream.time_base) for i in picked])
     return np.stack([got[packets[d].pts] for d in targets]), info
 
 
@@ -271,20 +276,20 @@ def _keep(frames, first_pts: int, expected: set[int], wanted: set[int], got: dic
     return count
 
 
-def _full_decode(av, path: str, num_frames: int, predicted: int, threads: int) -> tuple[np.ndarray, int]:
-    """Decode every frame and keep the sampled ones as RGB; returns (frames, frame count).
+def _full_decode(av, path: str, num_frames: int, predicted: int, threads: int) -> tuple[np.ndarray, int, list]:
+    """Decode every frame and keep the sampled ones as RGB; returns (frames, frame count, their times).
 
     Frames are picked while decoding for the count the packet list predicts (a few frames in
     memory, not the whole video); if the decoder outputs another count, a second pass picks again."""
-    frames, total = _decode_picking(av, path, num_frames, predicted, threads)
+    frames, total, times = _decode_picking(av, path, num_frames, predicted, threads)
     if total != predicted:
-        frames, total = _decode_picking(av, path, num_frames, total, threads)
-    return frames, total
+        frames, total, times = _decode_picking(av, path, num_frames, total, threads)
+    return frames, total, times
 
 
-def _decode_picking(av, path: str, num_frames: int, total: int, threads: int) -> tuple[np.ndarray, int]:
+def _decode_picking(av, path: str, num_frames: int, total: int, threads: int) -> tuple[np.ndarray, int, list]:
     wanted = set(uniform_indices(total, num_frames).tolist()) if total > 0 else set()
-    kept, count = [], 0
+    kept, times, count = [], [], 0
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -292,5 +297,6 @@ def _decode_picking(av, path: str, num_frames: int, total: int, threads: int) ->
         for frame in container.decode(stream):
             if count in wanted:
                 kept.append(frame.to_ndarray(format="rgb24"))
+                times.append(float(frame.time) if frame.time is not None else None)
             count += 1
-    return (np.stack(kept) if kept else np.empty((0, 0, 0, 3), np.uint8)), count
+    return (np.stack(kept) if kept else np.empty((0, 0, 0, 3), np.uint8)), count, times

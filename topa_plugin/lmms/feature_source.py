@@ -82,6 +82,28 @@ def load_feature_array(path: Path, dim: int):
     return check_frame_features(torch.from_numpy(np.asarray(array, dtype=np.float32)), str(path), FeatureFileError)
 
 
+def clip_loader(clip_model: str, clip_pretrained: str | None, feature_dim: int, checkpoint: str | Path, device):
+    """A loader of the CLIP encoder for a checkpoint's ``feature_dim``: a config that declares another
+    width fails now; a model that turns out to give another width fails when it loads (on first use)."""
+    from topa_plugin.features.clip import configured_embed_dim, load_clip
+
+    where = Path(checkpoint) / "config.json"
+
+    def check(dim: int | None) -> None:
+        if dim is not None and dim != feature_dim:
+            raise ValueError(f"CLIP model {clip_model} ({clip_pretrained}) gives {dim}-d features, but the "
+                             f"checkpoint {where} expects feature_dim={feature_dim}")
+
+    check(configured_embed_dim(str(clip_model)))
+
+    def load():
+        encoder = load_clip(str(clip_model), clip_pretrained, device=device)
+        check(encoder.embed_dim)
+        return encoder
+
+    return load
+
+
 class VideoSourceError(RuntimeError):
     """A video whose features cannot be had; ``path`` names it (the caller adds which request)."""
 
@@ -172,6 +194,15 @@ class VideoFeatureSource:
             return next(stream)
         finally:
             stream.close()
+
+    def decode(self, video_path: str | Path):
+        """One video decoded here, uncached, keeping its frames: (features as ``get`` gives them,
+        the ``Decoded`` frames and how they were read). Raises VideoDecodeError naming the file."""
+        from topa_plugin.features.decode_pool import VideoJob, run_job
+
+        decoded = run_job(VideoJob(str(video_path), self.num_frames))
+        features = self._encode([decoded.frames])[0]
+        return _checked(Path(video_path), features), decoded
 
     def stream(self, videos: Sequence[Path], group: int = 1) -> Iterator:
         """Features per path, in order. Decoding runs ahead in worker processes; decoded videos

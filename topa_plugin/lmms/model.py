@@ -26,10 +26,10 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from topa_plugin.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from topa_plugin.lmms.choices import AmbiguousOptionsError, parse_options, question_text
-from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource, VideoSourceError
+from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource, VideoSourceError, clip_loader
 from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.processing import IGNORE_INDEX
-from topa_plugin.utils.constants import DTYPES
+from topa_plugin.utils.constants import resolve_dtype
 
 MC_MODES = ("score", "generate")
 CAPTION_MODES = ("prompt", "release")
@@ -37,14 +37,6 @@ CAPTION_MODES = ("prompt", "release")
 
 class TopaRequestError(RuntimeError):
     """A request that cannot be answered; names the task, doc id and file."""
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"topa: dtype={name!r}; use auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def _until(gen_kwargs: dict) -> list[str]:
@@ -112,8 +104,7 @@ class Topa(lmms):
         from accelerate import Accelerator
 
         from topa_plugin.captioning import get_protocol
-        from topa_plugin.features.clip import configured_embed_dim, encoder_identity
-        from topa_plugin.features.memory import load_memory
+        from topa_plugin.features.clip import encoder_identity
         from topa_plugin.modeling import TopaForCausalLM
 
         if max_batch_size is not None:
@@ -137,44 +128,27 @@ class Topa(lmms):
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.requests = RequestLog(request_log, self.rank)
 
-        self._model = TopaForCausalLM.from_pretrained(pretrained, torch_dtype=_dtype(dtype, self._device), device=self._device)
+        try:
+            torch_dtype = resolve_dtype(dtype, self._device)
+        except ValueError as exc:
+            raise ValueError(f"topa: {exc}") from None
+        self._model = TopaForCausalLM.from_pretrained(pretrained, torch_dtype=torch_dtype, device=self._device,
+                                                      memory=memory or None)
         config = self._model.config
         if self._model.processor is None:
             raise FileNotFoundError(f"{pretrained}: no tokenizer files in the plugin directory or its base model")
-        if memory:
-            bank = load_memory(memory)
-            if bank.shape[1] != config.feature_dim:
-                raise ValueError(f"{memory}: memory rows have dim {bank.shape[1]}, "
-                                 f"the checkpoint {pretrained} expects {config.feature_dim}")
-            self._model.memory = bank.to(self._device)
         if self.use_memory:
             self._model.warn_if_no_memory()
 
-        clip = (str(clip_model), clip_pretrained, Path(pretrained) / "config.json")
-        self._check_clip_dim(configured_embed_dim(str(clip_model)), *clip)
+        clip = clip_loader(str(clip_model), clip_pretrained, config.feature_dim, pretrained, self._device)
         if decode_workers is not None and (not str(decode_workers).isdigit()):
             raise ValueError(f"topa: decode_workers={decode_workers!r}; use a count >= 0 (0: decode in this process)")
         self.features = VideoFeatureSource(
-            lambda: self._load_clip(*clip),
+            clip,
             int(max_frames or config.max_feats), feature_cache, feature_dir,
             decode_workers=None if decode_workers is None else int(decode_workers),
             identity=encoder_identity(str(clip_model), clip_pretrained), dim=config.feature_dim,
         )
-
-    def _load_clip(self, clip_model: str, clip_pretrained: str | None, checkpoint_config: Path):
-        """CLIP, loaded when the first video needs encoding (a fully cached run never loads it)."""
-        from topa_plugin.features.clip import load_clip
-
-        encoder = load_clip(clip_model, clip_pretrained, device=self._device)
-        self._check_clip_dim(encoder.embed_dim, clip_model, clip_pretrained, checkpoint_config)
-        return encoder
-
-    def _check_clip_dim(self, dim: int | None, clip_model: str, clip_pretrained, checkpoint_config: Path) -> None:
-        if dim is not None and dim != self._model.config.feature_dim:
-            raise ValueError(
-                f"CLIP model {clip_model} ({clip_pretrained}) gives {dim}-d features, but the "
-                f"checkpoint {checkpoint_config} expects feature_dim={self._model.config.feature_dim}"
-            )
 
     @property
     def model(self):
