@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
+import socket
 from pathlib import Path
 
 from topa_plugin.commands import fail, positive_int
@@ -14,19 +16,24 @@ log = logging.getLogger("topa_plugin.serve")
 LOOPBACK = "127.0.0.1"
 
 
-def register(subparsers) -> None:
-    from topa_plugin.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
-    from topa_plugin.utils.constants import DTYPES
+# Flags passed on to Asker.from_pretrained when given (its defaults apply otherwise, as in `topa ask`).
+LOAD_SETTINGS = ("clip_model", "clip_pretrained", "memory", "frames", "device", "dtype", "neighbors")
 
+
+def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve a web page (and a gradio_client API) that answers questions about videos",
         description="Load a TOPA checkpoint and CLIP once and serve a Gradio page: upload a video, ask a question "
         "with options one per line (none: free generation), see the answer, the option scores and the sampled "
         "frames with their nearest textual frames. The same function is the API /answer for gradio_client.")
-    parser.add_argument("--checkpoint", required=True, help="a TOPA plugin directory")
-    parser.add_argument("--clip-model", default=DEFAULT_MODEL, help="open_clip model name or model-config JSON")
-    parser.add_argument("--clip-pretrained", default=DEFAULT_PRETRAINED, help="open_clip tag or weights file")
-    parser.add_argument("--memory", help="memory bank file (default: the checkpoint's)")
+    parser.add_argument("--checkpoint", required=True, help="TOPA plugin directory")
+    parser.add_argument("--clip-model", help="open_clip model name or model-config JSON (default ViT-L-14)")
+    parser.add_argument("--clip-pretrained", help="open_clip weights tag or local weights file (default openai)")
+    parser.add_argument("--memory", help="memory-bank file (default: the checkpoint's)")
+    parser.add_argument("--frames", type=positive_int, help="frames decoded per video (default: max_feats)")
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", help="LLM dtype: auto (default), float32, bfloat16, float16")
+    parser.add_argument("--neighbors", type=positive_int, help="nearest memory rows shown per frame (default 3)")
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the server)")
     parser.add_argument("--port", type=positive_int, default=7860, help="port to bind")
@@ -37,8 +44,6 @@ def register(subparsers) -> None:
     parser.add_argument("--max-duration-s", type=positive_int, default=3600, help="longest video accepted, in seconds")
     parser.add_argument("--upload-retention-s", type=positive_int, default=900,
                         help="seconds an upload is kept (a user may ask several questions about one video)")
-    parser.add_argument("--device", help="device of the model and CLIP (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default: the checkpoint's)")
     parser.set_defaults(func=run)
 
 
@@ -72,6 +77,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail now, before the model loads, when ``host:port`` cannot be bound (in use, or not this machine's)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        fail("serve", f"--host {host} --port {port}: cannot listen there ({err.strerror or err})")
+
+
 def _stop_on_sigterm() -> None:
     """Make SIGTERM stop the server as Ctrl-C does, so the upload folder is removed on the way out."""
     def interrupt(signum, frame):
@@ -88,7 +102,9 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("topa_plugin").setLevel(logging.INFO)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # Gradio's telemetry and version check call out to its servers
     auth = read_auth(args.auth)
+    check_port(args.host, args.port)
     examples = list_examples(args.examples) if args.examples else None
     if not is_loopback(args.host):
         log.warning("--host %s: the page and its API are reachable from other machines%s", args.host,
@@ -96,8 +112,8 @@ def run(args) -> int:
     if args.share:
         log.warning("--share: opening a public gradio.live link; anyone with the link can use the model%s",
                     "" if auth else " (no --auth)")
-    asker = Asker.from_pretrained(args.checkpoint, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
-                                  memory=args.memory, device=args.device, dtype=args.dtype)
+    settings = {name: getattr(args, name) for name in LOAD_SETTINGS if getattr(args, name) is not None}
+    asker = Asker.from_pretrained(args.checkpoint, **settings)
     limits = UploadLimits(max_bytes=args.max_upload_mb * MB, max_duration_s=float(args.max_duration_s))
     _stop_on_sigterm()
     with upload_folder() as uploads:
