@@ -158,9 +158,7 @@ class Asker:
         ``answer``: the correct option (0-based index, or its label "B" / "(B)"), shown on the page."""
         asked = _read_question(question, list(options))
         correct = None if answer is None else _correct_index(answer, asked)
-        path = Path(video)
-        if not path.is_file():
-            raise AskError(f"video {path}: file not found")
+        path = check_video(video)
         with self._lock:
             features, images, indices, times = self._read(path)
             return self._answer(str(video), question, asked, features, images, indices, times, correct)
@@ -234,6 +232,14 @@ def ask(video: str | Path, question: str, options: Sequence[str] = (), *, checkp
         answer: int | str | None = None, **kwargs) -> Answer:
     """One question, loading everything for it (``kwargs``: ``Asker.from_pretrained``'s); for several, keep an Asker."""
     return Asker.from_pretrained(checkpoint, **kwargs).ask(video, question, options, answer=answer)
+
+
+def check_video(video: str | Path) -> Path:
+    """``video`` as a path to ask about (a video file or a ``.npy``), or AskError naming it."""
+    path = Path(video)
+    if not path.is_file():
+        raise AskError(f"video {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+    return path
 
 
 def _read_question(question: str, options: list[str]):

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "topa_plugin.commands.train",
     "topa_plugin.commands.convert_official",
     "topa_plugin.commands.eval",
+    "topa_plugin.commands.ask",
     "topa_plugin.commands.serve",
 ]
 

@@ -37,6 +37,7 @@ class DemoResult:
     losses: list[float] = field(default_factory=list)
     results: dict = field(default_factory=dict)
     answers: list[str] = field(default_factory=list)
+    explanation: Path | None = None
 
 
 def eval_rows_path() -> Path:
@@ -118,6 +119,19 @@ def _run_lmms_eval(out_dir: Path, checkpoint: Path, clip: tuple[Path, Path], mem
     return log
 
 
+def _explain(out_dir: Path, checkpoint: Path, clip: tuple[Path, Path], memory: Path, rows_file: Path) -> Path:
+    """The explanation page of the first evaluation question, asked as ``topa ask`` asks it."""
+    from topa_plugin.ask import Asker
+    from topa_plugin.pages.explanation import write_explanation
+
+    row = json.loads(rows_file.read_text().splitlines()[0])
+    asker = Asker.from_pretrained(checkpoint, clip_model=str(clip[0]), clip_pretrained=str(clip[1]), memory=memory,
+                                  device="cpu")
+    answer = asker.ask(out_dir / "eval" / "videos" / f"{row['video_idx']}.mp4", row["question"], row["option"],
+                       answer=row["answer"])
+    return write_explanation(answer, out_dir / "explanation.html")
+
+
 def _run_training(textvid: Path, features: Path, llama: Path, train_dir: Path, steps: int) -> None:
     """``python -m topa_plugin.training.train``, as torchrun/deepspeed launch it; its log goes to a file."""
     import transformers
@@ -162,6 +176,7 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
     from topa_plugin.features.clip import load_clip
     from topa_plugin.features.extract import extract_textvid
     from topa_plugin.features.memory import build_memory, save_memory
+    from topa_plugin.features.provenance import row_sources, write_provenance
     from topa_plugin.features.store import FeatureStore
     from topa_plugin.lmms.taskdata import write_task_folder
     from topa_plugin.textvid import sample_path
@@ -197,6 +212,7 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
     with _stage(result, "4/6 memory bank (text features the image features are projected onto)"):
         memory, info = build_memory(FeatureStore(features))
         memory_file = save_memory(memory, out_dir / "memory.safetensors")
+        write_provenance(memory_file, row_sources(FeatureStore(features), info["kept"], textvid))
         print(f"   {memory_file}: {info['rows']} rows x {memory.shape[1]} "
               f"({info['unique']} distinct of {info['frames']} textual frames)")
 
@@ -219,12 +235,14 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
         print("\n".join(line for line in log.splitlines() if line.startswith("|")))
         letters = "".join("ABCDE"[a] for a in result.answers)
         print(f"   {n} questions, answers {letters}, accuracy {result.results['score,none']:.3f}")
+        result.explanation = _explain(out_dir, train_dir, clip, memory_file, rows)
+        print(f"   why the first answer (`topa ask --report`): {result.explanation}")
 
     print("\n== summary")
     for name, seconds in result.timings.items():
         print(f"   {seconds:7.1f}s  {name}")
     print(f"\nEverything is under {out_dir}: models/, features/, memory.safetensors, checkpoint/,"
-          " loss_curve.png, eval/ (videos, tasks, results, lmms_eval.log).")
+          " loss_curve.png, explanation.html, eval/ (videos, tasks, results, lmms_eval.log).")
     print("The models are random toys trained for seconds: their answers are chance level (20%).")
     print(REAL_WEIGHT_COMMANDS)
     return result
