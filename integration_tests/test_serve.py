@@ -4,7 +4,10 @@ keeps serving; uploads are removed), the bind address, and the page in headless 
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +17,8 @@ import pytest
 pytest.importorskip("gradio_client")
 
 from tests.helpers.browser import console_errors, open_browser, screenshot_is_blank  # noqa: E402
-from tests.helpers.lmms_fixtures import build_topa_checkpoint, write_garbage_video  # noqa: E402
+from tests.helpers.lmms_fixtures import MAX_FEATS, build_topa_checkpoint, write_garbage_video  # noqa: E402
+from tests.helpers.memory_fixtures import build_textvid_memory  # noqa: E402
 from tests.helpers.serve_process import start_serve, write_truncated_video  # noqa: E402
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "serve.png"
@@ -32,13 +36,14 @@ def fx(tmp_path_factory, toy_llama_dir, toy_clip):
 
     root = tmp_path_factory.mktemp("serve")
     checkpoint = build_topa_checkpoint(root / "checkpoint", toy_llama_dir)
+    _, _, memory = build_textvid_memory(root / "memory", toy_clip)  # rows know their captions
     videos = {seed: write_toy_video(root / "videos" / f"clip{seed}.mp4", n_frames=24, seed=seed) for seed, _, _ in CASES}
-    return {"root": root, "checkpoint": checkpoint, "clip": toy_clip, "videos": videos}
+    return {"root": root, "checkpoint": checkpoint, "clip": toy_clip, "memory": memory, "videos": videos}
 
 
 @pytest.fixture(scope="module")
 def server(fx):
-    served = start_serve(fx["checkpoint"], fx["clip"], fx["root"] / "serve.log")
+    served = start_serve(fx["checkpoint"], fx["clip"], fx["root"] / "serve.log", "--memory", str(fx["memory"]))
     yield served
     served.stop()
 
@@ -50,7 +55,7 @@ def expected(fx):
     from topa_plugin.serve.app import parse_options
 
     asker = Asker.from_pretrained(fx["checkpoint"], clip_model=str(fx["clip"][0]), clip_pretrained=str(fx["clip"][1]),
-                                  device="cpu")
+                                  memory=fx["memory"], device="cpu")
     answers = {}
     for seed, question, options in CASES:
         answer = asker.ask(fx["videos"][seed], question, parse_options(options))
@@ -79,6 +84,21 @@ def test_answers_equal_asker(fx, server, expected):
         assert "<iframe" in explanation and "srcdoc=" in explanation
         texts.add(answer)
     assert len(texts) == len(CASES)  # the cases get different answers: a server answering one thing fails
+
+
+def test_answers_equal_topa_ask(fx, server):
+    """The command line gives the page's answer and scores for the same video, question and options."""
+    seed, question, options = CASES[1]
+    command = [sys.executable, "-m", "topa_plugin.cli", "ask", str(fx["videos"][seed]), "--checkpoint", str(fx["checkpoint"]),
+               "--clip-model", str(fx["clip"][0]), "--clip-pretrained", str(fx["clip"][1]), "--memory", str(fx["memory"]),
+               "--device", "cpu", "--question", question, "--json"]
+    command += [arg for option in options.splitlines() for arg in ("--option", option)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    cli = json.loads(done.stdout)
+    answer, scores, _ = ask_server(server.url, fx["videos"][seed], question, options)
+    assert answer == cli["answer"]
+    assert [row["mean_nll"] for row in scores] == pytest.approx(cli["scores"], abs=1e-5)
 
 
 def test_sixteen_concurrent_clients(fx, server, expected):
@@ -148,9 +168,8 @@ def test_default_bind_is_loopback_only(server):
         pass
     # Another address of this machine (127.0.0.2 is on the loopback interface too) reaches a socket bound
     # to it, but not the server: it listens on 127.0.0.1 only.
-    with socket.create_server(("127.0.0.2", 0)) as control:
-        with socket.create_connection(control.getsockname(), timeout=5):
-            pass
+    with socket.create_server(("127.0.0.2", 0)) as control, socket.create_connection(control.getsockname(), timeout=5):
+        pass
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.2", port), timeout=5).close()
     assert "reachable from other machines" not in server.log_text()
@@ -163,7 +182,7 @@ def test_page_in_browser(fx, server, expected):
     from selenium.webdriver.support.ui import WebDriverWait
 
     seed, question, options = CASES[1]
-    driver = open_browser(1280, 1500)
+    driver = open_browser(1280, 1700)
     try:
         driver.get(server.url)
         wait = WebDriverWait(driver, 120)
@@ -179,9 +198,14 @@ def test_page_in_browser(fx, server, expected):
         assert "Traceback" not in body and "Error" not in body
         driver.switch_to.frame(driver.find_element(By.CSS_SELECTOR, "#explanation iframe"))
         assert driver.find_elements(By.CSS_SELECTOR, "#scores-chart")
-        frames = driver.find_elements(By.CSS_SELECTOR, "img.thumb, .frame img")
-        assert len(frames) >= 5, driver.page_source[:2000]
-        assert "caption" in driver.find_element(By.TAG_NAME, "body").text.lower() or "row" in driver.page_source
+        frames = driver.find_elements(By.CSS_SELECTOR, "#frames .frame")
+        assert len(frames) == MAX_FEATS  # the toy checkpoint reads 10 frames of the 24
+        for frame in frames:
+            assert frame.find_elements(By.CSS_SELECTOR, "img.thumb")
+            captions = [c.text for c in frame.find_elements(By.CSS_SELECTOR, ".neighbors .caption")]
+            assert len(captions) == 3 and all(captions), captions  # each frame's nearest textual frames, with text
+        driver.execute_script("document.getElementById('frames').scrollIntoView({behavior: 'instant'})")  # frames, captions in view
+        time.sleep(0.5)
         driver.switch_to.default_content()
         assert console_errors(driver) == []
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 API_NAME = "answer"
 CONCURRENCY = 2  # more would only wait on Asker.ask's lock
-EXPLANATION_HEIGHT_PX = 900
+EXPLANATION_HEIGHT_PX = 1200
 INTERNAL_ERROR = "the server could not answer this request (an internal error; the server's log has the details)"
 
 
@@ -90,7 +90,8 @@ def build_app(asker, limits: UploadLimits, *, examples: list[list[str]] | None =
                 question = gr.Textbox(label="Question", lines=1, elem_id="question")
                 options = gr.Textbox(label="Options, one per line (none: free generation)", lines=5, elem_id="options")
                 submit = gr.Button("Answer", variant="primary", elem_id="submit")
-                scores = gr.JSON(label="Scores", elem_id="scores")
+                with gr.Accordion("Scores as the API returns them", open=False):
+                    scores = gr.JSON(label="Scores", elem_id="scores")
             with gr.Column(scale=3):
                 answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
                 explanation = gr.HTML(label="Explanation", elem_id="explanation")
