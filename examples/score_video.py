@@ -1,8 +1,9 @@
-"""Answer one multiple-choice question about a video file with a TOPA checkpoint.
+"""Answer one multiple-choice question about a video file with a TOPA checkpoint, from Python.
 
-TOPA ranks the choices zero-shot: the video's CLIP frame features are projected onto the
-checkpoint's memory of text features, and each choice gets the mean NLL of its answer; the
-lowest wins. With real weights (a directory from `topa convert-official`, see README.md):
+The same as `topa ask VIDEO --checkpoint DIR --question ... --option ...` (and as `lmms-eval --model
+topa`): the video's CLIP frame features are projected onto the checkpoint's memory of text features,
+and each choice gets the mean NLL of its answer; the lowest wins. With real weights (a directory from
+`topa convert-official`, see README.md):
 
     python examples/score_video.py --checkpoint topa-13b --video clip.mp4 \
         --question "What is c doing in the kitchen?" \
@@ -15,9 +16,7 @@ model-config JSON as --clip-model for a model open_clip does not know by name).
 
 import argparse
 
-import torch
-
-from topa_plugin import TopaForCausalLM, load_clip, read_frames
+from topa_plugin import Asker
 
 
 def main() -> None:
@@ -28,22 +27,19 @@ def main() -> None:
     parser.add_argument("--choices", nargs="+", required=True, help="two or more answer texts")
     parser.add_argument("--clip-model", default="ViT-L-14", help="open_clip model name or model-config JSON")
     parser.add_argument("--clip-pretrained", default="openai", help="open_clip weights tag or local weights file")
-    parser.add_argument("--frames", type=int, default=10, help="frames sampled uniformly from the video")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--frames", type=int, default=None, help="frames sampled uniformly (default: the checkpoint's max_feats)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = parser.parse_args()
 
-    frames = read_frames(args.video, args.frames)  # first: a bad video fails before any model loads
-    model = TopaForCausalLM.from_pretrained(args.checkpoint, device=args.device)
-    encoder = load_clip(args.clip_model, args.clip_pretrained, device=args.device)
-    features = encoder.encode_images(frames)  # [frames, D]; score_choices normalises and projects
-    nll = model.score_choices(features, args.question, args.choices)
+    asker = Asker.from_pretrained(args.checkpoint, clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+                                  frames=args.frames, device=args.device)
+    answer = asker.ask(args.video, args.question, args.choices)  # an Answer: scores, frames, prompt, ...
 
-    print(f"{len(frames)} frames from {args.video}")
+    print(f"{len(answer.frames)} frames from {args.video}")
     print(f"Question: {args.question}")
-    for i, (choice, loss) in enumerate(zip(args.choices, nll.tolist())):
+    for i, (choice, loss) in enumerate(zip(answer.options, answer.scores)):
         print(f"  ({chr(ord('A') + i)}) NLL {loss:.4f}  {choice}")
-    best = int(nll.argmin())
-    print(f"Prediction: ({chr(ord('A') + best)}) {args.choices[best]}")
+    print(f"Prediction: ({chr(ord('A') + answer.answer_index)}) {answer.answer}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from tests.helpers.lmms_fixtures import OPTIONS, ROWS, build_topa_checkpoint, shown, write_garbage_video
 from topa_plugin.ask import Answer, Asker, AskError, ask
@@ -124,12 +123,6 @@ def test_neighbours_and_coverage_are_cosines_to_the_memory(asker, lm, videos):
         assert frame.low_coverage == (frame.coverage < threshold)
         assert all(n.text is None and n.tideo is None for n in frame.neighbors)  # no provenance beside this memory
     assert "memory.safetensors has no memory.provenance.jsonl" in answer.provenance_note
-
-
-def test_coverage_threshold_is_the_memorys_low_nearest_neighbour_percentile():
-    memory = l2_normalize(torch.randn(300, 16, generator=torch.Generator().manual_seed(3)))
-    nearest = (memory @ memory.T).fill_diagonal_(-2).max(dim=1).values
-    assert coverage_threshold(memory, sample=300) == pytest.approx(float(torch.quantile(nearest, 0.05)), abs=1e-6)
 
 
 def test_npy_features_are_read_as_lmms_evals_feature_dir(asker, lm, videos, root):

@@ -156,8 +156,7 @@ class Asker:
         lmms-eval's ``feature_dir`` holds). Options: ranked by mean NLL; none: the answer is generated,
         unless the question itself lists options ("A. ...", one per line), as a task prompt does.
         ``answer``: the correct option (0-based index, or its label "B" / "(B)"), shown on the page."""
-        asked = _read_question(question, list(options))
-        correct = None if answer is None else _correct_index(answer, asked)
+        asked, correct = check_question(question, options, answer)
         path = check_video(video)
         with self._lock:
             features, images, indices, times = self._read(path)
@@ -240,6 +239,13 @@ def check_video(video: str | Path) -> Path:
     if not path.is_file():
         raise AskError(f"video {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
     return path
+
+
+def check_question(question: str, options: Sequence[str] = (), answer: int | str | None = None):
+    """(the question and options as the model will read them, or None for generation; the correct option's
+    index or None), or AskError naming the bad field: what ``Asker.ask`` checks before any model work."""
+    asked = _read_question(question, list(options))
+    return asked, None if answer is None else _correct_index(answer, asked)
 
 
 def _read_question(question: str, options: list[str]):

@@ -6,7 +6,14 @@ import torch
 from safetensors.torch import save_file
 
 from tests.helpers.release_fixtures import write_malicious_memory
-from topa_plugin.features.memory import load_memory, project_to_memory, save_memory, top_k_error
+from topa_plugin.features.memory import (
+    coverage_threshold,
+    load_memory,
+    nearest_rows,
+    project_to_memory,
+    save_memory,
+    top_k_error,
+)
 from topa_plugin.features.store import FeatureError
 from topa_plugin.features.transforms import l2_normalize, noise_injection
 from topa_plugin.release.safeload import UnsafePickleError
@@ -132,3 +139,21 @@ def test_bad_memory_files_are_named(tmp_path):
         load_memory(tmp_path / "list.pkl")
     with pytest.raises(FileNotFoundError, match="absent"):
         load_memory(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("chunk", [16, 200, 1 << 20])
+def test_nearest_rows_are_the_top_cosines_whatever_the_chunking(memory, frames, chunk):
+    flat = frames[0]
+    cosines, rows = nearest_rows(flat, memory.half(), 4, max_chunk_elems=chunk)
+    expected = (flat @ memory.half().float().T).topk(4, dim=1)
+    assert torch.equal(rows, expected.indices)
+    assert torch.allclose(cosines, expected.values, atol=1e-6)
+
+
+def test_coverage_threshold_is_the_memorys_low_nearest_neighbour_percentile(memory):
+    nearest = (memory @ memory.T).fill_diagonal_(-2).max(dim=1).values
+    assert coverage_threshold(memory, sample=len(memory)) == pytest.approx(float(torch.quantile(nearest, 0.05)), abs=1e-6)
+    sampled = coverage_threshold(memory)  # 256 rows drawn: close to the whole memory's, and seeded
+    assert sampled == coverage_threshold(memory) and abs(sampled - float(torch.quantile(nearest, 0.05))) < 0.03
+    with pytest.raises(ValueError, match="at least 2 memory rows"):
+        coverage_threshold(memory[:1])

@@ -26,12 +26,13 @@ def _print_answer(answer) -> None:
 
 
 def run(args) -> int:
-    from topa_plugin.ask import Asker, AskError, check_video
+    from topa_plugin.ask import Asker, AskError, check_question, check_video
 
     if len(args.option) == 1:
         fail(COMMAND, f"--option given once ({args.option[0]!r}); give two or more options, or none to generate an answer")
     try:
-        check_video(args.video)  # the quick checks first, before any model loads
+        check_question(args.question, args.option, args.answer)  # the quick checks first, before any model loads
+        check_video(args.video)
         if args.report is not None:
             from topa_plugin.pages.render import check_page_path
 
