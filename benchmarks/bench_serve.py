@@ -144,7 +144,8 @@ def main() -> int:
     report = {
         "requests": args.requests, "videos": args.videos,
         "rss_mb": {"after_load": round(loaded_rss, 1), "start": round(start_rss, 1), "end": round(rss[-1], 1),
-                   "peak": round(peak, 1), "growth_last_half": round(growth, 1)},
+                   "peak": round(peak, 1), "growth_last_half": round(growth, 1),
+                   "by_quarter": [round(rss[max(0, len(rss) * q // 4 - 1)], 1) for q in (1, 2, 3, 4)]},
         "flat": abs(growth) < 0.05 * half[0],
         "latency_s": {"median": round(median, 4), "p95": round(p95, 4), "max": round(max(latencies), 4)},
         "asker_ask_median_s": round(ask_s, 4), "explanation_median_s": round(explain_s, 4),

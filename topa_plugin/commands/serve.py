@@ -120,6 +120,7 @@ def run(args) -> int:
         log.info("uploads go to %s (removed %d s after upload and when the server stops)", uploads, args.upload_retention_s)
         app = build_app(asker, limits, examples=examples, retention_s=args.upload_retention_s)
         app.queue()
+        # run_history off: Gradio's run page can send users' runs to a Hugging Face bucket; this server keeps nothing
         app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                   max_file_size=limits.max_bytes, show_error=False, quiet=False)
+                   max_file_size=limits.max_bytes, show_error=False, run_history=False)
     return 0
