@@ -55,3 +55,14 @@ def test_demo_evaluation_answers_every_question_through_lmms_eval(demo_run):
     assert sorted(d["doc_id"] for d in docs) == list(range(len(rows)))
     assert all(d["score"]["pred"] in range(5) for d in docs)
     assert "|topa_egoschema_local|" in stdout
+
+
+def test_demo_explains_its_first_question_with_lmms_evals_answer(demo_run):
+    out, stdout = demo_run
+    page = out / "explanation.html"
+    assert f"why the first answer (`topa ask --report`): {page}" in stdout
+    samples = next((out / "eval" / "results").rglob("*_samples_topa_egoschema_local.jsonl"))
+    first = min((json.loads(line) for line in samples.read_text().splitlines()), key=lambda d: d["doc_id"])
+    html = page.read_text()
+    assert f"Answer: <strong>{'ABCDE'[first['score']['pred']]}. " in html  # the letter lmms-eval gave
+    assert html.count('class="caption"') >= 10  # the demo's memory knows its captions

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +76,9 @@ class Answer:
     images: list[np.ndarray] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        """Every field but ``images``, JSON-ready."""
-        data = asdict(self)
-        del data["images"]
-        return data
+        """Every field but ``images``, JSON-ready (the frames' pixels are never copied)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("images", "frames")}
+        return {**data, "frames": [asdict(frame) for frame in self.frames]}
 
 
 class Asker:

@@ -102,6 +102,18 @@ def test_frames_equal_a_full_decode(clips, name, n):
     assert info.decoded <= info.floor  # the floor counts decoded-but-hidden edit-list frames too
 
 
+@pytest.mark.parametrize("name", ["h264_bframes", "vfr", "edit_list"])
+def test_each_frame_comes_with_its_index_and_time_in_the_full_decode(clips, name, monkeypatch):
+    with av.open(str(clips[name])) as container:
+        times = [frame.time for frame in container.decode(video=0)]
+    picked = uniform_indices(len(times), 10).tolist()
+    _, seek = decode_frames(clips[name], 10)
+    assert seek.indices == picked and seek.times == pytest.approx([times[i] for i in picked])
+    monkeypatch.setattr(video, "_spans", lambda *args: (_ for _ in ()).throw(video._NotExact("test")))
+    _, full = decode_frames(clips[name], 10)
+    assert full.method == "full" and (full.indices, full.times) == (seek.indices, seek.times)
+
+
 def test_cost_follows_gop_not_length(clips):
     """10 frames of a GOP-12 clip decode a few GOPs; B-frames no later frame uses are skipped."""
     _, plain = decode_frames(clips["h264"], 10)

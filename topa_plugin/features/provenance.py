@@ -58,7 +58,8 @@ def row_sources(store: FeatureStore, frames: list[int], textvid: str | os.PathLi
 
 
 def _captions(store: FeatureStore, textvid: str | os.PathLike, wanted: list[str]) -> dict[str, list[str]]:
-    """Per wanted Tideo, one text per frame (its captions joined), checked against the store's digests."""
+    """Per wanted Tideo, one text per frame (its captions joined), checked against the store: the caption
+    digest a ``topa features textvid`` store keeps, else (a release import) the frame count."""
     from topa_plugin.features.extract import check_textvid
 
     source = check_textvid(textvid, skip_invalid=True)
@@ -68,10 +69,13 @@ def _captions(store: FeatureStore, textvid: str | os.PathLike, wanted: list[str]
         if tideo not in position:
             raise FeatureError(f"{textvid}: no usable record {tideo!r}, which the memory's feature store "
                                f"{store.directory} holds; give the TextVid file the store was extracted from")
-        if source.digests[position[tideo]] != store.digests[store.position(tideo)]:
+        record = source[position[tideo]]
+        # a textvid store keeps each record's caption digest; a release import only its frame count
+        same = (source.digests[position[tideo]] == store.digests[store.position(tideo)] if store.kind == "textvid"
+                else len(record.frames) == store.n_frames[store.position(tideo)])
+        if not same:
             raise FeatureError(f"{textvid}: record {tideo!r} has other captions than the ones the features in "
                                f"{store.directory} were computed from; give the TextVid file the store was extracted from")
-        record = source[position[tideo]]
         texts[tideo] = [CAPTION_SEPARATOR.join(captions) for captions in record.captions_per_frame]
     return texts
 
