@@ -15,7 +15,6 @@ log = logging.getLogger("topa_plugin.serve")
 
 LOOPBACK = "127.0.0.1"
 
-
 # Flags passed on to Asker.from_pretrained when given (its defaults apply otherwise, as in `topa ask`).
 LOAD_SETTINGS = ("clip_model", "clip_pretrained", "memory", "frames", "device", "dtype", "neighbors")
 

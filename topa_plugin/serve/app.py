@@ -50,7 +50,7 @@ def make_answer_fn(asker, limits: UploadLimits, explain: Callable[[object], str]
     """The function behind the button and ``/answer``: (video, question, options) -> (answer, scores, explanation)."""
     import gradio as gr
 
-    def answer(video, question: str, options: str, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+    def answer(video, question: str, options: str, progress=gr.Progress()):  # Gradio fills in ``progress``
         try:
             progress(0.0, desc="checking the video")
             path = limits.check(video)
@@ -98,6 +98,7 @@ def build_app(asker, limits: UploadLimits, *, examples: list[list[str]] | None =
         if examples:
             gr.Examples(examples, inputs=[video, question, options], label="Examples")
         outputs = [answer, scores, explanation]
+        # Clear the last answer first, so a refused request never leaves it showing beside the new question.
         submit.click(lambda: ("", None, ""), None, outputs, queue=False, api_visibility="private") \
             .then(answer_fn, [video, question, options], outputs, api_name=API_NAME, concurrency_limit=CONCURRENCY)
     return app
