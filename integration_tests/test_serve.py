@@ -63,10 +63,10 @@ def expected(fx):
     return answers
 
 
-def ask_server(url: str, video, question: str, options: str):
+def ask_server(url: str, video, question: str, options: str, auth: tuple[str, str] | None = None):
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, auth=auth)
     try:
         return client.predict(handle_file(str(video)), question, options, api_name="/answer")
     finally:
@@ -132,26 +132,33 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(fx, server, expec
     assert log.count("refused a request") >= len(bad) and "Traceback" not in log  # one line each
 
 
-def test_limits_and_upload_cleanup(fx):
-    """A second server with small limits: a long video and a large file are refused with messages, and
-    uploads are gone after the retention and when the server stops."""
+def test_limits_auth_and_upload_cleanup(fx):
+    """A second server with small limits and a login: a long video and a large file are refused with messages,
+    a client without the login gets nothing, and uploads are gone after the retention and when the server stops."""
     from gradio_client.exceptions import AppError
 
     from topa_plugin.demo.toy import write_toy_video
 
     root = fx["root"]
+    users = root / "users.txt"
+    users.write_text("# demo users\nann:secret\n")
+    login = ("ann", "secret")
     served = start_serve(fx["checkpoint"], fx["clip"], root / "limits.log", "--max-duration-s", "5",
-                         "--max-upload-mb", "1", "--upload-retention-s", "2")
+                         "--max-upload-mb", "1", "--upload-retention-s", "2", "--auth", str(users))
     try:
         uploads = served.upload_dir()
+        with pytest.raises(ValueError, match="Could not login"):
+            ask_server(served.url, fx["videos"][100], CASES[0][1], CASES[0][2], auth=("ann", "wrong"))
+        with pytest.raises(ValueError, match="credentials were not provided"):
+            ask_server(served.url, fx["videos"][100], CASES[0][1], CASES[0][2])
         long_video = write_toy_video(root / "limits" / "long.mp4", n_frames=64, fps=8)  # 8 s
         with pytest.raises(AppError, match=r"long.mp4: 8 s of video is over the server's limit of 5 s"):
-            ask_server(served.url, long_video, "What happens?", "a\nb")
+            ask_server(served.url, long_video, "What happens?", "a\nb", auth=login)
         large = root / "limits" / "large.mp4"
         large.write_bytes(bytes(2 * 1024 * 1024))
         with pytest.raises(Exception, match=r"(?i)maximum allowed size|too large|exceeds"):
-            ask_server(served.url, large, "What happens?", "a\nb")
-        answer, _, _ = ask_server(served.url, fx["videos"][100], CASES[0][1], CASES[0][2])
+            ask_server(served.url, large, "What happens?", "a\nb", auth=login)
+        answer, _, _ = ask_server(served.url, fx["videos"][100], CASES[0][1], CASES[0][2], auth=login)
         assert answer
         deadline = time.monotonic() + 20
         while any(p.is_file() for p in uploads.rglob("*")) and time.monotonic() < deadline:
