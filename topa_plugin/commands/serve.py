@@ -119,7 +119,10 @@ def run(args) -> int:
         log.info("uploads go to %s (removed %d s after upload and when the server stops)", uploads, args.upload_retention_s)
         app = build_app(asker, limits, examples=examples, retention_s=args.upload_retention_s)
         app.queue()
-        # run_history off: Gradio's run page can send users' runs to a Hugging Face bucket; this server keeps nothing
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        log.info("serving on http://%s:%d/ (Ctrl-C stops it)", host, args.port)
+        # quiet: Gradio's own banner tells CLI users to edit launch(); it still prints a --share link.
+        # run_history off: Gradio's run page can send users' runs to a Hugging Face bucket; this server keeps nothing.
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, quiet=not args.share,
                    max_file_size=limits.max_bytes, show_error=False, run_history=False)
     return 0
