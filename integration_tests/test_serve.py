@@ -38,12 +38,16 @@ def fx(tmp_path_factory, toy_llama_dir, toy_clip):
     checkpoint = build_topa_checkpoint(root / "checkpoint", toy_llama_dir)
     _, _, memory = build_textvid_memory(root / "memory", toy_clip)  # rows know their captions
     videos = {seed: write_toy_video(root / "videos" / f"clip{seed}.mp4", n_frames=24, seed=seed) for seed, _, _ in CASES}
+    seed, question, options = CASES[0]  # the first example (clip100) comes with its question
+    (root / "videos" / "examples.jsonl").write_text(
+        json.dumps({"video": f"clip{seed}.mp4", "question": question, "options": options.splitlines()}) + "\n")
     return {"root": root, "checkpoint": checkpoint, "clip": toy_clip, "memory": memory, "videos": videos}
 
 
 @pytest.fixture(scope="module")
 def server(fx):
-    served = start_serve(fx["checkpoint"], fx["clip"], fx["root"] / "serve.log", "--memory", str(fx["memory"]))
+    served = start_serve(fx["checkpoint"], fx["clip"], fx["root"] / "serve.log", "--memory", str(fx["memory"]),
+                         "--examples", str(fx["root"] / "videos"))
     yield served
     served.stop()
 
@@ -218,6 +222,13 @@ def test_page_in_browser(fx, server, expected):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SCREENSHOT))
         assert not screenshot_is_blank(SCREENSHOT)
+        # An example fills in its video, question and options; answering it gives Asker.ask's answer.
+        example_seed, example_question, _ = CASES[0]
+        driver.find_element(By.CSS_SELECTOR, "table[role=grid] tbody tr").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#question textarea").get_attribute("value") == example_question)
+        driver.find_element(By.CSS_SELECTOR, "#submit").click()
+        wait.until(lambda d: _answer_text(d) == expected[example_seed][0])
+        assert console_errors(driver) == []
     finally:
         driver.quit()
 
