@@ -13,7 +13,15 @@ gr = pytest.importorskip("gradio")
 from tests.helpers.lmms_fixtures import write_garbage_video  # noqa: E402
 from topa_plugin.ask import AskError  # noqa: E402
 from topa_plugin.demo.toy import write_toy_video  # noqa: E402
-from topa_plugin.serve.app import INTERNAL_ERROR, build_app, framed, make_answer_fn, parse_options, score_rows  # noqa: E402
+from topa_plugin.serve.app import (  # noqa: E402
+    INTERNAL_ERROR,
+    MAX_QUEUED,
+    build_app,
+    framed,
+    make_answer_fn,
+    parse_options,
+    score_rows,
+)
 from topa_plugin.serve.uploads import MB, UploadLimits  # noqa: E402
 
 LIMITS = UploadLimits(max_bytes=10 * MB, max_duration_s=60)
@@ -119,4 +127,5 @@ def test_the_api_is_one_endpoint_answer_with_three_inputs_and_three_outputs(tmp_
     assert [p["parameter_name"] for p in endpoint["parameters"]] == ["video", "question", "options"]
     assert [r["label"] for r in endpoint["returns"]] == ["Answer", "Scores", "Explanation"]
     assert app.delete_cache == (12, 120)
+    assert app._queue.max_size == MAX_QUEUED  # a flood of requests is refused, not queued without end
     assert any(type(block).__name__ == "Dataset" for block in app.blocks.values())  # the examples

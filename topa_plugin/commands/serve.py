@@ -118,7 +118,6 @@ def run(args) -> int:
     with upload_folder() as uploads:
         log.info("uploads go to %s (removed %d s after upload and when the server stops)", uploads, args.upload_retention_s)
         app = build_app(asker, limits, examples=examples, retention_s=args.upload_retention_s)
-        app.queue()
         host = f"[{args.host}]" if ":" in args.host else args.host
         log.info("serving on http://%s:%d/ (Ctrl-C stops it)", host, args.port)
         # quiet: Gradio's own banner tells CLI users to edit launch(); it still prints a --share link.

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 API_NAME = "answer"
 CONCURRENCY = 2  # more would only wait on Asker.ask's lock
+MAX_QUEUED = 64  # requests waiting beyond this get Gradio's "queue is full" instead of an ever longer wait
 EXPLANATION_HEIGHT_PX = 1200
 INTERNAL_ERROR = "the server could not answer this request (an internal error; the server's log has the details)"
 
@@ -101,4 +102,5 @@ def build_app(asker, limits: UploadLimits, *, examples: list[list[str]] | None =
         # Clear the last answer first, so a refused request never leaves it showing beside the new question.
         submit.click(lambda: ("", None, ""), None, outputs, queue=False, api_visibility="private") \
             .then(answer_fn, [video, question, options], outputs, api_name=API_NAME, concurrency_limit=CONCURRENCY)
+    app.queue(max_size=MAX_QUEUED)
     return app
