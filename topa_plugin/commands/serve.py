@@ -35,14 +35,16 @@ def register(subparsers) -> None:
     parser.add_argument("--neighbors", type=positive_int, help="nearest memory rows shown per frame (default 3)")
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the server)")
-    parser.add_argument("--port", type=positive_int, default=7860, help="port to bind")
+    parser.add_argument("--port", type=positive_int, default=7860, help="port to bind (default %(default)s)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    parser.add_argument("--auth", help="USER:PASSWORD, or a file of USER:PASSWORD lines, required to use the page and API")
-    parser.add_argument("--examples", help="folder of example videos (and an optional examples.jsonl of questions)")
-    parser.add_argument("--max-upload-mb", type=positive_int, default=500, help="largest upload accepted, in MB")
-    parser.add_argument("--max-duration-s", type=positive_int, default=3600, help="longest video accepted, in seconds")
+    parser.add_argument("--auth", metavar="USER:PASSWORD|FILE",
+                        help="USER:PASSWORD, or a file of USER:PASSWORD lines, required to use the page and API")
+    parser.add_argument("--examples", metavar="DIR", help="folder of example videos (and an optional examples.jsonl of questions)")
+    parser.add_argument("--max-upload-mb", type=positive_int, default=500, help="largest upload accepted, in MB (default %(default)s)")
+    parser.add_argument("--max-duration-s", type=positive_int, default=3600,
+                        help="longest video accepted, in seconds (default %(default)s)")
     parser.add_argument("--upload-retention-s", type=positive_int, default=900,
-                        help="seconds an upload is kept (a user may ask several questions about one video)")
+                        help="seconds an upload is kept (default %(default)s; a user may ask several questions about one video)")
     parser.set_defaults(func=run)
 
 
