@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "topa_plugin.commands.eval",
     "topa_plugin.commands.ask",
     "topa_plugin.commands.report",
+    "topa_plugin.commands.serve",
 ]
 
 

@@ -20,9 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "topa_plugin"
 # features; training and evaluation use the model; ``ask`` answers one question as the lmms-eval model
 # does (its reader, prompt parsing and scorer), so it sits above lmms; ``pages`` show what the layers
 # below produce (an answer, a run, a TextVid file); the release importer converts into the model; the
-# demo, the commands, the CLI and the public API sit on top.
-LAYERS = ("utils", "textvid", "features", "core", "training", "lmms", "ask", "pages", "release", "demo", "commands",
-          "cli", "api")
+# demo, the web demo (``serve``), the commands, the CLI and the public API sit on top.
+LAYERS = ("utils", "textvid", "features", "core", "training", "lmms", "ask", "pages", "release", "demo", "serve",
+          "commands", "cli", "api")
 TOP_LEVEL_LAYERS = ("ask", "cli")  # top-level modules that are not the model core
 
 
