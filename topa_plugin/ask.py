@@ -159,18 +159,19 @@ class Asker:
         ``answer``: the correct option (0-based index, or its label "B" / "(B)"), shown on the page."""
         asked, correct = check_question(question, options, answer)
         path = check_video(video)
+        decoded = None if path.suffix == ".npy" else self.source.decode(path)  # outside the lock: beside the model
         with self._lock:
-            features, images, indices, times = self._read(path)
+            features, images, indices, times = self._read(path, decoded)
             return self._answer(str(video), question, asked, features, images, indices, times, correct)
 
-    def _read(self, path: Path):
+    def _read(self, path: Path, decoded):
         """(raw features [n, D], frames or None, frame index and time per feature row)."""
         from topa_plugin.lmms.feature_source import load_feature_array
 
-        if path.suffix == ".npy":
+        if decoded is None:
             features = load_feature_array(path, self.source.dim)
             return features, None, list(range(len(features))), [None] * len(features)
-        features, decoded = self.source.decode(path)
+        features = self.source.encode_decoded(path, decoded)
         info = decoded.info
         indices = info.indices if info is not None and info.indices is not None else list(range(len(features)))
         times = info.times if info is not None and info.times is not None else [None] * len(features)

@@ -196,13 +196,16 @@ class VideoFeatureSource:
             stream.close()
 
     def decode(self, video_path: str | Path):
-        """One video decoded here, uncached, keeping its frames: (features as ``get`` gives them,
-        the ``Decoded`` frames and how they were read). Raises VideoDecodeError naming the file."""
+        """One video decoded here, uncached, keeping its frames (the ``Decoded`` frames and how they were
+        read); no model work, so callers may decode beside a model that is busy. Raises VideoDecodeError
+        naming the file."""
         from topa_plugin.features.decode_pool import VideoJob, run_job
 
-        decoded = run_job(VideoJob(str(video_path), self.num_frames))
-        features = self._encode([decoded.frames])[0]
-        return _checked(Path(video_path), features), decoded
+        return run_job(VideoJob(str(video_path), self.num_frames))
+
+    def encode_decoded(self, video_path: str | Path, decoded):
+        """The features of a ``decode``d video, as ``get`` gives them."""
+        return _checked(Path(video_path), self._encode([decoded.frames])[0])
 
     def stream(self, videos: Sequence[Path], group: int = 1) -> Iterator:
         """Features per path, in order. Decoding runs ahead in worker processes; decoded videos
