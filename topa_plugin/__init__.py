@@ -9,11 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from topa_plugin.quantization import quiet_optional_kernel_notice
+
 __version__ = "0.1.0"
+
+# Before anything imports bitsandbytes (transformers -> peft does): its optional-kernel notice is not ours to print.
+quiet_optional_kernel_notice()
 
 _EXPORTS = {
     "TopaConfig": "topa_plugin.configuration",
     "TopaForCausalLM": "topa_plugin.modeling",
+    "QuantizationSettings": "topa_plugin.quantization",
     "TopaProcessor": "topa_plugin.processing",
     "TopaPrompt": "topa_plugin.processing",
     "sample_frames": "topa_plugin.features.transforms",
@@ -60,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.features.video import read_frames
     from topa_plugin.modeling import TopaForCausalLM
     from topa_plugin.processing import TopaProcessor, TopaPrompt
+    from topa_plugin.quantization import QuantizationSettings
     from topa_plugin.release.convert import convert_official
     from topa_plugin.release.safeload import load_release_pickle
     from topa_plugin.textvid import sample_path
