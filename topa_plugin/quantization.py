@@ -162,7 +162,7 @@ def parse_bool(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    raise QuantizationError(f"expected true or false, got {text!r}")
 
 
 def add_quantization_flags(parser: argparse.ArgumentParser) -> None:
