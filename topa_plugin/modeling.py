@@ -324,12 +324,20 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
 
 
 def load_llm(base_path: str, torch_dtype=None, quantization: str | QuantizationSettings | None = None, device=None):
-    """The frozen LLM, in full precision or quantized by bitsandbytes (placed on ``device`` as it loads)."""
+    """The frozen LLM, in full precision or quantized by bitsandbytes (placed on ``device`` as it loads).
+
+    Under DeepSpeed ZeRO-3 no device map is passed (transformers refuses one there): bitsandbytes then
+    quantizes onto the process's current device and ZeRO-3 partitions the quantized weights.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     settings = QuantizationSettings.coerce(quantization)
     options = {"dtype": torch_dtype, "local_files_only": Path(base_path).exists()}
     if settings.enabled:
         device = torch.device(device or "cpu")
-        options.update(quantization_config=settings.bnb_config(device.type), device_map={"": device})
+        options["quantization_config"] = settings.bnb_config(device.type)
+        if not is_deepspeed_zero3_enabled():
+            options["device_map"] = {"": device}
         logger.info("loading %s with its linear layers in %s", base_path, settings.describe())
     return AutoModelForCausalLM.from_pretrained(base_path, **options)
 

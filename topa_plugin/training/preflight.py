@@ -5,8 +5,8 @@ deepspeed, on each rank: it only reads configs). Without it a path typo surfaces
 started loading, as a traceback on every rank. It refuses, with one ``LaunchError`` line naming the flag or
 file: what the parser refuses (``training.arguments``), a ``--model_name_or_path`` whose config does not
 load, an ``--init_from`` that is not a TOPA plugin directory or whose fixed settings the flags contradict,
-a ``--data_path`` that is not a file, and ``--bits 8|4`` where it cannot work (bitsandbytes missing, DeepSpeed
-ZeRO-3 or FSDP, 4-bit options without ``--bits 4``).
+a ``--data_path`` that is not a file, and ``--bits 8|4`` where it cannot work (bitsandbytes missing, FSDP,
+4-bit options without ``--bits 4``).
 """
 
 from __future__ import annotations
@@ -78,8 +78,12 @@ def _check_init_from(model_args: ModelArguments, given: set[str]) -> None:
 
 
 def _check_quantization(model_args: ModelArguments, training_args: TrainingArguments, given: set[str]) -> None:
-    """--bits 8|4 needs bitsandbytes, and neither ZeRO-3 nor FSDP (both shard the frozen weights, whose
-    bitsandbytes scales live outside the tensors they would shard); 4-bit options need --bits 4."""
+    """--bits 8|4 needs bitsandbytes and no FSDP; 4-bit options need --bits 4.
+
+    FSDP flattens each wrapped block's parameters into one tensor of one dtype: int8/uint8 quantized weights
+    beside float norms cannot be flattened together, and their scales live outside the tensors. DeepSpeed
+    ZeRO-2 and ZeRO-3 both train on a bitsandbytes LLM (ZeRO-3 partitions the quantized weights too;
+    integration_tests/test_train_quantized.py runs both on two processes and compares them)."""
     bits = model_args.bits
     options = sorted(f"--{name}" for name in ("quant_type", "double_quant") if name in given)
     if options and bits != 4:
@@ -90,11 +94,6 @@ def _check_quantization(model_args: ModelArguments, training_args: TrainingArgum
         require_bitsandbytes()
     except QuantizationError as exc:
         raise LaunchError(f"--bits {bits}: {exc}") from None
-    if training_args.deepspeed and training_args.hf_deepspeed_config.is_zero3():
-        raise LaunchError(f"--bits {bits} cannot run under DeepSpeed ZeRO-3 (--deepspeed {training_args.deepspeed}): "
-                          "ZeRO-3 partitions the frozen LLM's weights, and bitsandbytes keeps their quantization "
-                          "scales outside the tensors it would partition; use ZeRO-2 (configs/zero2.json), which "
-                          "partitions only the trainables' gradients and optimizer state, or plain DDP")
     if training_args.fsdp:
         raise LaunchError(f"--bits {bits} cannot run under FSDP (--fsdp {' '.join(map(str, training_args.fsdp))}): it "
                           "shards the frozen LLM's weights, whose bitsandbytes scales it would not carry; use DDP or "
