@@ -95,9 +95,9 @@ def _check_quantization(model_args: ModelArguments, training_args: TrainingArgum
     except QuantizationError as exc:
         raise LaunchError(f"--bits {bits}: {exc}") from None
     if training_args.fsdp:
-        raise LaunchError(f"--bits {bits} cannot run under FSDP (--fsdp {' '.join(map(str, training_args.fsdp))}): it "
-                          "shards the frozen LLM's weights, whose bitsandbytes scales it would not carry; use DDP or "
-                          "DeepSpeed ZeRO-2")
+        raise LaunchError(f"--bits {bits} cannot run under FSDP (--fsdp): it flattens each block's weights into one "
+                          "tensor of one dtype, and bitsandbytes' int8/uint8 weights sit beside float norms with their "
+                          "scales outside the tensors; use DDP or DeepSpeed ZeRO-2/3 (configs/zero2.json, zero3.json)")
 
 
 def _check_data(data_args: DataArguments) -> None:
