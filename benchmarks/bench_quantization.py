@@ -114,7 +114,10 @@ def _status_mb(field: str) -> float:
 
 def probe_load(checkpoint: str, row: str) -> None:
     """Child process: load once, print {"load_s", "rss_mb"}: peak RSS while loading above the RSS before it
-    (Linux: the peak is reset through /proc/self/clear_refs after the imports)."""
+    (Linux: the peak is reset through /proc/self/clear_refs after the imports, bitsandbytes' included)."""
+    import bitsandbytes  # noqa: F401  (its library is not the model's memory)
+    import transformers.integrations.bitsandbytes  # noqa: F401
+
     from topa_plugin.modeling import TopaForCausalLM
 
     Path("/proc/self/clear_refs").write_text("5")
