@@ -11,7 +11,7 @@ ViT-L-14-shaped random CLIP, it measures:
      steps/s and peak memory;
   5. captioning with the release protocol (``caption_video``, MSR-VTT settings) in bf16.
 Random weights: the numbers are speed and memory, not accuracy. ``--tiny --device cpu`` runs the same code
-on toy shapes (tests/test_gpu_acceptance.py runs it, so the script cannot rot).
+on toy shapes (integration_tests/test_gpu_acceptance.py runs it, so the script cannot rot).
 
     python benchmarks/gpu_acceptance.py                      # one GPU; about 8 minutes on an H100 (estimate)
     python benchmarks/gpu_acceptance.py --tiny --device cpu  # toy shapes, about a minute on CPU
