@@ -47,13 +47,15 @@ CAPTION_WORDS = ("how How it is a video of how to cook. Can you describe this vi
 
 @contextmanager
 def peak_memory(device: str, out: dict):
-    """``out["peak_gb"]``: peak allocated VRAM on CUDA; on CPU, peak RSS growth (Linux clear_refs/VmHWM)."""
+    """``out["peak_gb"]``: peak growth inside the block over what was held before it: allocated VRAM on CUDA,
+    RSS on CPU (Linux clear_refs/VmHWM)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
         yield
         torch.cuda.synchronize()
-        out["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_gb"] = (torch.cuda.max_memory_allocated() - before) / 2**30
         return
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kb("VmRSS")
@@ -79,15 +81,15 @@ def free_port() -> int:
 
 def build_llm(out: Path, tokenizer: Path, shape: str, device: str, dtype: torch.dtype) -> Path:
     """A random Llama of ``shape``, initialised on ``device`` (fast for 13B on a GPU) and saved with the tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     hidden, layers, heads, inter, vocab = SHAPES[shape]
     config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          intermediate_size=inter, vocab_size=vocab, max_position_embeddings=4096, bos_token_id=1,
                          eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+    with torch.device(device):  # built in ``dtype`` directly: a 13B in fp32 first would not fit beside its copy
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
     del model
@@ -191,12 +193,16 @@ def caption_rows(model, device: str, feature_dim: int, results: list) -> None:
 
 def write_egoschema(root: Path, n: int, seconds: int, fps: int, size: int) -> tuple[Path, Path]:
     """n EgoSchema-shaped rows over generated clips of ``seconds``; returns (rows.jsonl, videos folder)."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from topa_plugin.demo.toy import write_toy_video
 
     rng = random.Random(1)
     rows = []
+    with ProcessPoolExecutor(os.cpu_count()) as pool:  # encoding 3-minute clips one by one would take minutes
+        list(pool.map(write_toy_video, [root / "videos" / f"clip{i:04d}.mp4" for i in range(n)], [seconds * fps] * n,
+                      [size] * n, [fps] * n, range(n)))
     for i in range(n):
-        write_toy_video(root / "videos" / f"clip{i:04d}.mp4", n_frames=seconds * fps, size=size, fps=fps, seed=i)
         question, options = egoschema_question(rng)
         rows.append({"question_idx": str(i), "video_idx": f"clip{i:04d}", "question": question,
                      "option": [f"{'ABCDE'[j]}. {o}" for j, o in enumerate(options)], "answer": rng.randrange(5)})
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="toy shapes (the test suite runs this on CPU)")
     parser.add_argument("--workdir", help="where the models, clips and outputs go (default: a temporary folder)")
-    parser.add_argument("--questions", type=int, default=None, help="lmms-eval --limit n (default 16; tiny 2)")
+    parser.add_argument("--questions", type=int, default=None, help="lmms-eval --limit n, then 2n (default 8; tiny 2)")
     parser.add_argument("--clip-seconds", type=int, default=180)
     parser.add_argument("--clip-fps", type=int, default=8, help="generated clips' frame rate (decoding cost grows with it)")
     parser.add_argument("--clip-size", type=int, default=360)
@@ -333,7 +339,7 @@ def acceptance(root: Path, args) -> None:
     del models
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    lmms_rows(root, plugin, clip, device, args.questions or (2 if args.tiny else 16), results, args)
+    lmms_rows(root, plugin, clip, device, args.questions or (2 if args.tiny else 8), results, args)
     training_rows(root, tokenizer, clip, device, results, args)
     print_table(results, device)
 

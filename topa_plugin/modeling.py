@@ -335,6 +335,8 @@ def load_llm(base_path: str, torch_dtype=None, quantization: str | QuantizationS
     options = {"dtype": torch_dtype, "local_files_only": Path(base_path).exists()}
     if settings.enabled:
         device = torch.device(device or "cpu")
+        if device.type == "cuda" and device.index is None:  # a device map names one card
+            device = torch.device("cuda", torch.cuda.current_device())
         options["quantization_config"] = settings.bnb_config(device.type)
         if not is_deepspeed_zero3_enabled():
             options["device_map"] = {"": device}
