@@ -24,8 +24,8 @@ QUANTIZATIONS = ("8bit", "4bit")
 QUANT_TYPES = ("nf4", "fp4")
 BITS = {16: None, 8: "8bit", 4: "4bit"}  # LLaVA's --bits -> quantization
 INSTALL_HINT = "pip install 'topa-plugin[quant]'"
-# Options the user did not choose mean "no quantization"; "none"/"16bit" say it explicitly.
-_NO_QUANTIZATION = (None, "", "none", "16bit", "bf16", "fp16", "fp32")
+# Not given (None, "") means full precision; "none" says it explicitly.
+_NO_QUANTIZATION = (None, "", "none")
 
 
 class QuantizationError(TopaInputError, ValueError):
