@@ -53,16 +53,17 @@ def fx(tmp_path_factory, toy_llama_dir, toy_clip):
     expected = expected_predictions(checkpoint, *toy_clip, data, videos)
     # The fixture must discriminate: a pipeline that always answers the same letter fails it.
     assert len(set(expected)) > 1, expected
-    return {"root": root, "checkpoint": checkpoint, "clip": toy_clip, "tasks": root / "tasks",
+    return {"root": root, "checkpoint": checkpoint, "clip": toy_clip, "tasks": root / "tasks", "data": data, "videos": videos,
             "rows": rows, "expected": expected, "cache": root / "feature_cache"}
 
 
-def run_lmms_eval(fx, out: Path, tasks=TASKS, include_path=None, launcher=()) -> str:
-    """Run the CLI fully offline (``launcher``: a prefix such as torchrun); returns its combined output."""
+def run_lmms_eval(fx, out: Path, tasks=TASKS, include_path=None, launcher=(), model_args=()) -> str:
+    """Run the CLI fully offline (``launcher``: a prefix such as torchrun; ``model_args``: extra ones);
+    returns its combined output."""
     config, weights = fx["clip"]
     model_args = ",".join([
         f"pretrained={fx['checkpoint']}", f"clip_model={config}", f"clip_pretrained={weights}",
-        f"feature_cache={fx['cache']}", "device=cpu",
+        f"feature_cache={fx['cache']}", "device=cpu", *model_args,
     ])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(fx["root"] / "hf_home"),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -171,6 +172,22 @@ def test_topa_report_of_a_grouped_run_shows_the_group_and_its_subtasks(fx, tmp_p
     for task, row in rows.items():
         assert row["lmms_eval"] == results[task]["score,none"] and row["agrees"], row
     assert rows["topa_egoschema_both"]["total"] == 2 * len(fx["rows"])
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_llm_answers_every_doc_as_its_score_choices_does(fx, first_run, quantization):
+    """quantization=8bit|4bit: lmms-eval's answers are those of the same quantized model called directly."""
+    from tests.helpers.lmms_fixtures import expected_predictions
+
+    out = fx["root"] / f"run_{quantization}"
+    log = run_lmms_eval(fx, out, model_args=[f"quantization={quantization}"])
+    _, samples = read_run(out, log)
+    expected = expected_predictions(fx["checkpoint"], *fx["clip"], fx["data"], fx["videos"], quantization=quantization)
+    assert predictions(samples) == {task: expected for task in TASKS}
+    # ... and it did run quantized: its losses are not the full-precision run's
+    task = "topa_egoschema_local_mcppl"
+    losses = [[float(loss) for loss, _ in s["filtered_resps"]] for s in samples[task]]
+    assert losses != [[float(loss) for loss, _ in s["filtered_resps"]] for s in first_run[2][task]]
 
 
 def test_second_run_reads_every_video_from_the_feature_cache(fx, first_run, second_run):

@@ -9,11 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from topa_plugin.quantization import quiet_optional_kernel_notice
 from topa_plugin.version import __version__
+
+# Before anything imports bitsandbytes (transformers -> peft does): its optional-kernel notice is not ours to print.
+quiet_optional_kernel_notice()
 
 _EXPORTS = {
     "TopaConfig": "topa_plugin.configuration",
     "TopaForCausalLM": "topa_plugin.modeling",
+    "QuantizationSettings": "topa_plugin.quantization",
     "TopaProcessor": "topa_plugin.processing",
     "TopaPrompt": "topa_plugin.processing",
     "sample_frames": "topa_plugin.features.transforms",
@@ -68,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.modeling import TopaForCausalLM
     from topa_plugin.pages.run_report import write_run_report
     from topa_plugin.processing import TopaProcessor, TopaPrompt
+    from topa_plugin.quantization import QuantizationSettings
     from topa_plugin.release.convert import convert_official
     from topa_plugin.textvid import sample_path
     from topa_plugin.textvid.records import TextVidRecord, read_textvid

@@ -25,9 +25,10 @@ from topa_plugin.features.transforms import l2_normalize, sample_frames
 from topa_plugin.features.validation import check_frame_features
 from topa_plugin.generation import TopaGenerationMixin
 from topa_plugin.processing import IGNORE_INDEX, TopaProcessor
+from topa_plugin.quantization import QuantizationSettings, compute_in_chosen_dtype, is_quantized
 from topa_plugin.utils.atomic import share_like_new_files
-from topa_plugin.utils.constants import BASE_DIR, MEMORY_FILE, TOKENIZER_FILES
-from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, save_adapter
+from topa_plugin.utils.constants import BASE_DIR, LORA_FILE, MEMORY_FILE, TOKENIZER_FILES
+from topa_plugin.utils.save_and_load import adapter_state_dict, load_adapter, load_lora, save_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
         self.decoder_family = decoder_family(llm)
         llm.set_attn_implementation(TOPA_ATTENTION)
         llm.requires_grad_(False)
+        compute_in_chosen_dtype(llm)  # 4-bit layers on CPU: no silent bf16 repacking (topa_plugin.quantization)
         config.text_config = llm.config
         if config.base_model_name_or_path is None and llm.name_or_path:
             config.base_model_name_or_path = str(llm.name_or_path)
@@ -262,35 +264,43 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, device=None, load_memory: bool = True,
-                        memory=None):
+                        memory=None, quantization: str | QuantizationSettings | None = None):
         """Load a plugin directory; the base LLM comes from ``base/`` or ``base_model_name_or_path``.
 
         Local paths are read with ``local_files_only``; only a Hugging Face id as base may download.
+        A directory trained with LoRA on a quantized base (``lora_model.safetensors``, unmerged) gets its
+        LoRA applied on top of the base, quantized or not.
 
         Args:
             pretrained_model_name_or_path: a plugin directory (``config.json`` + ``adapter_model.safetensors``).
-            torch_dtype: dtype of the frozen LLM (the adapter stays float32).
+            torch_dtype: dtype of the frozen LLM (the adapter stays float32); with quantization, of the
+                parts bitsandbytes leaves unquantized (embeddings, norms, lm_head).
             device: where to put the model (default: CPU).
             load_memory: load ``memory.safetensors`` when the directory has one.
             memory: a memory-bank file (``load_memory``) used instead of the directory's.
+            quantization: ``"8bit"``, ``"4bit"``, None (full precision), or a ``QuantizationSettings`` for
+                the 4-bit options (``quant_type`` nf4/fp4, ``double_quant``, ``compute_dtype``). Only the
+                LLM's linear layers are quantized; the adapter and any LoRA stay in full precision.
 
         Raises:
             FileNotFoundError: no plugin directory, or its base model is missing.
             ValueError: the base model's shape differs from the config, or adapter keys or shapes
                 do not match (naming the file and key).
+            QuantizationError: an unknown quantization value, or bitsandbytes is not installed.
         """
+        settings = QuantizationSettings.coerce(quantization)
         directory = Path(pretrained_model_name_or_path)
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(f"{directory}: no config.json (not a TOPA plugin directory)")
         config = TopaConfig.from_pretrained(directory, local_files_only=True)
         base_path = _resolve_base(directory, config.base_model_name_or_path)
-        llm = AutoModelForCausalLM.from_pretrained(
-            base_path, dtype=torch_dtype, local_files_only=Path(base_path).exists()
-        )
+        llm = load_llm(base_path, torch_dtype, settings, device)
         cls._check_llm(llm.config, config.text_config, f"base model {base_path}")
         model = cls(config, llm=llm)
         model.name_or_path = str(directory)  # named in warnings
         load_adapter(model.adapter, directory)
+        if (directory / LORA_FILE).exists():
+            model.llm = load_lora(model.llm, directory).requires_grad_(False)  # frozen, like the LLM it adapts
         if memory is not None:
             model.memory = memory_bank.load_memory(memory)
             if model.memory.shape[1] != config.feature_dim:
@@ -303,7 +313,41 @@ class TopaForCausalLM(TopaGenerationMixin, PreTrainedModel):
                 model.processor = TopaProcessor.from_pretrained(source, max_feats=config.max_feats)
                 break
         model.eval()
-        return model.to(device) if device is not None else model
+        return model.place(device)
+
+    def place(self, device=None) -> TopaForCausalLM:
+        """Move to ``device``; a bitsandbytes LLM was placed when it loaded (it cannot move), the rest follows it."""
+        if device is None:
+            return self
+        if not is_quantized(self.llm):
+            return self.to(device)
+        for name, child in self.named_children():
+            if name != "llm":
+                child.to(device)
+        if self.memory is not None:
+            self.memory = self.memory.to(device)
+        return self
+
+
+def load_llm(base_path: str, torch_dtype=None, quantization: str | QuantizationSettings | None = None, device=None):
+    """The frozen LLM, in full precision or quantized by bitsandbytes (placed on ``device`` as it loads).
+
+    Under DeepSpeed ZeRO-3 no device map is passed (transformers refuses one there): bitsandbytes then
+    quantizes onto the process's current device and ZeRO-3 partitions the quantized weights.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    settings = QuantizationSettings.coerce(quantization)
+    options = {"dtype": torch_dtype, "local_files_only": Path(base_path).exists()}
+    if settings.enabled:
+        device = torch.device(device or "cpu")
+        if device.type == "cuda" and device.index is None:  # a device map names one card
+            device = torch.device("cuda", torch.cuda.current_device())
+        options["quantization_config"] = settings.bnb_config(device.type)
+        if not is_deepspeed_zero3_enabled():
+            options["device_map"] = {"": device}
+        logger.info("loading %s with its linear layers in %s", base_path, settings.describe())
+    return AutoModelForCausalLM.from_pretrained(base_path, **options)
 
 
 def _cached_length(cache) -> int:

@@ -117,14 +117,16 @@ def write_garbage_video(path: str | Path) -> Path:
     return path
 
 
-def expected_predictions(checkpoint: Path, clip_config: Path, clip_weights: Path, data: Path, videos: Path) -> list[int]:
-    """Option index per row by ``score_choices`` on frames decoded and encoded here, outside lmms-eval."""
+def expected_predictions(checkpoint: Path, clip_config: Path, clip_weights: Path, data: Path, videos: Path,
+                         quantization: str | None = None) -> list[int]:
+    """Option index per row by ``score_choices`` on frames decoded and encoded here, outside lmms-eval
+    (with the LLM loaded in ``quantization``)."""
     from topa_plugin.features.clip import load_clip
     from topa_plugin.features.transforms import l2_normalize
     from topa_plugin.features.video import read_frames
     from topa_plugin.modeling import TopaForCausalLM
 
-    model = TopaForCausalLM.from_pretrained(checkpoint)
+    model = TopaForCausalLM.from_pretrained(checkpoint, quantization=quantization)
     encoder = load_clip(str(clip_config), str(clip_weights))
     predictions = []
     for line in data.read_text(encoding="utf-8").splitlines():

@@ -247,6 +247,9 @@ def test_memory_override_must_match_the_checkpoint(checkpoint, toy_clip, tmp_pat
     ({"dtype": "int8"}, "dtype='int8'"),
     ({"caption_mode": "paper"}, "caption_mode='paper'"),
     ({"caption_mode": "release", "caption_protocol": "coco"}, "unknown caption protocol 'coco'"),
+    ({"quantization": "3bit"}, "quantization='3bit' does not exist; use one of: 8bit, 4bit or none"),
+    ({"quantization": "4bit", "quant_type": "int4"}, "quant_type='int4' does not exist"),
+    ({"quantization": "4bit", "double_quant": "maybe"}, "expected true or false, got 'maybe'"),
 ])
 def test_bad_model_args_are_rejected(checkpoint, toy_clip, args, message):
     config, weights = toy_clip

@@ -29,6 +29,7 @@ from topa_plugin.lmms.choices import AmbiguousOptionsError, parse_options, quest
 from topa_plugin.lmms.feature_source import FeatureFileError, VideoFeatureSource, VideoSourceError, clip_loader
 from topa_plugin.lmms.request_log import RequestLog
 from topa_plugin.processing import IGNORE_INDEX
+from topa_plugin.quantization import QuantizationSettings, parse_bool
 from topa_plugin.utils.constants import resolve_dtype
 
 MC_MODES = ("score", "generate")
@@ -75,7 +76,8 @@ class Topa(lmms):
     video id), ``caption_mode`` (``prompt``: requests that show no options are answered from the
     task's prompt; ``release``: they are captioned with the authors' protocol, see
     ``topa_plugin.captioning``), ``caption_protocol`` (``msrvtt`` or ``vatex``), ``request_log``
-    (JSONL file: how each request was answered).
+    (JSONL file: how each request was answered), ``quantization`` (``8bit`` or ``4bit``: the frozen LLM's linear
+    layers through bitsandbytes, needs the [quant] extra) with ``quant_type`` (nf4/fp4) and ``double_quant`` for 4-bit.
     """
 
     is_simple = True
@@ -99,6 +101,9 @@ class Topa(lmms):
         request_log: str | None = None,
         decode_workers: int | None = None,
         max_batch_size: int | None = None,
+        quantization: str | None = None,
+        quant_type: str = QuantizationSettings.quant_type,
+        double_quant: bool | str = QuantizationSettings.double_quant,
     ) -> None:
         super().__init__()
         from accelerate import Accelerator
@@ -132,8 +137,9 @@ class Topa(lmms):
             torch_dtype = resolve_dtype(dtype, self._device)
         except ValueError as exc:
             raise ValueError(f"topa: {exc}") from None
+        quantized = QuantizationSettings(quantization, quant_type=quant_type, double_quant=parse_bool(double_quant))
         self._model = TopaForCausalLM.from_pretrained(pretrained, torch_dtype=torch_dtype, device=self._device,
-                                                      memory=memory or None)
+                                                      memory=memory or None, quantization=quantized)
         config = self._model.config
         if self._model.processor is None:
             raise FileNotFoundError(f"{pretrained}: no tokenizer files in the plugin directory or its base model")

@@ -19,6 +19,7 @@ import transformers
 
 from topa_plugin.configuration import TopaConfig
 from topa_plugin.processing import QUESTION_MARK_RULES
+from topa_plugin.quantization import BITS, QUANT_TYPES, QuantizationSettings
 from topa_plugin.training.deepspeed_config import DeepSpeedConfigError, check_deepspeed_config
 from topa_plugin.training.llava_compat import BACKENDS, default_backend
 from topa_plugin.training.samples import OVERLONG_POLICIES
@@ -47,6 +48,17 @@ class ModelArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "Comma-separated LLM modules for LoRA."})
+    # LLaVA's names; the defaults are QuantizationSettings', read from it rather than repeated.
+    bits: int = field(default=16, metadata={"help": "Frozen LLM precision: 16 (the dtype of --bf16/--fp16), 8 or 4 "
+                      "(bitsandbytes; needs the [quant] extra). With --lora_r, 4/8 is QLoRA.", "choices": sorted(BITS)})
+    quant_type: str = field(default=QuantizationSettings.quant_type, metadata={"help": "--bits 4 data type.",
+                            "choices": QUANT_TYPES})
+    double_quant: bool = field(default=QuantizationSettings.double_quant, metadata={
+        "help": "--bits 4: also quantize the block scales."})
+
+    @property
+    def quantization(self) -> QuantizationSettings:
+        return QuantizationSettings.from_bits(self.bits, self.quant_type, self.double_quant)
 
 
 @dataclass

@@ -5,7 +5,8 @@ deepspeed, on each rank: it only reads configs). Without it a path typo surfaces
 started loading, as a traceback on every rank. It refuses, with one ``LaunchError`` line naming the flag or
 file: what the parser refuses (``training.arguments``), a ``--model_name_or_path`` whose config does not
 load, an ``--init_from`` that is not a TOPA plugin directory or whose fixed settings the flags contradict,
-and a ``--data_path`` that is not a file.
+a ``--data_path`` that is not a file, and ``--bits 8|4`` where it cannot work (bitsandbytes missing, FSDP,
+4-bit options without ``--bits 4``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import transformers
 
 from topa_plugin.configuration import TopaConfig
+from topa_plugin.quantization import QuantizationError, require_bitsandbytes
 from topa_plugin.training.arguments import (
     DataArguments,
     LaunchError,
@@ -25,6 +27,7 @@ from topa_plugin.training.arguments import (
     with_config,
 )
 from topa_plugin.training.deepspeed_config import DeepSpeedConfigError
+from topa_plugin.utils.constants import LORA_FILE
 from topa_plugin.utils.errors import first_line
 
 # Flags whose value an --init_from checkpoint fixes: giving a different one is a contradiction.
@@ -64,11 +67,37 @@ def _check_init_from(model_args: ModelArguments, given: set[str]) -> None:
         config = TopaConfig.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise LaunchError(f"--init_from {directory / 'config.json'}: not a TOPA config ({first_line(exc)})") from None
+    if model_args.lora_r and (directory / LORA_FILE).exists():
+        raise LaunchError(f"--lora_r {model_args.lora_r} with --init_from {directory}, which already holds an unmerged "
+                          f"LoRA ({LORA_FILE}); drop --lora_r to train on with it frozen")
     for name in CHECKPOINT_FIXED:
         value = getattr(model_args, name)
         if name in given and value != getattr(config, name):
             raise LaunchError(f"--{name} {value} contradicts --init_from {directory}, whose {name} is "
                               f"{getattr(config, name)}; drop --{name}")
+
+
+def _check_quantization(model_args: ModelArguments, training_args: TrainingArguments, given: set[str]) -> None:
+    """--bits 8|4 needs bitsandbytes and no FSDP; 4-bit options need --bits 4.
+
+    FSDP flattens each wrapped block's parameters into one tensor of one dtype: int8/uint8 quantized weights
+    beside float norms cannot be flattened together, and their scales live outside the tensors. DeepSpeed
+    ZeRO-2 and ZeRO-3 both train on a bitsandbytes LLM (ZeRO-3 partitions the quantized weights too;
+    integration_tests/test_train_quantized.py runs both on two processes and compares them)."""
+    bits = model_args.bits
+    options = sorted(f"--{name}" for name in ("quant_type", "double_quant") if name in given)
+    if options and bits != 4:
+        raise LaunchError(f"{' and '.join(options)} apply to --bits 4 only (this run has --bits {bits})")
+    if bits == 16:
+        return
+    try:
+        require_bitsandbytes()
+    except QuantizationError as exc:
+        raise LaunchError(f"--bits {bits}: {exc}") from None
+    if training_args.fsdp:
+        raise LaunchError(f"--bits {bits} cannot run under FSDP (--fsdp): it flattens each block's weights into one "
+                          "tensor of one dtype, and bitsandbytes' int8/uint8 weights sit beside float norms with their "
+                          "scales outside the tensors; use DDP or DeepSpeed ZeRO-2/3 (configs/zero2.json, zero3.json)")
 
 
 def _check_data(data_args: DataArguments) -> None:
@@ -87,5 +116,6 @@ def preflight(argv: list[str], prog: str) -> tuple[ModelArguments, DataArguments
         _check_llm(model_args.model_name_or_path, hint)
     if model_args.init_from:
         _check_init_from(model_args, given)
+    _check_quantization(model_args, training_args, given)
     _check_data(data_args)
     return model_args, data_args, training_args

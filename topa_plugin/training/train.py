@@ -19,10 +19,14 @@ Whatever the launcher, ``main`` first runs the pre-flight (``preflight.py``): fl
 stop every rank with one ``<prog>: error: <message>`` line on stderr and exit status 2, before the
 model loads.
 
+``--bits 8|4`` loads the frozen LLM's linear layers through bitsandbytes (``topa_plugin.quantization``);
+with ``--lora_r`` that is QLoRA: peft's k-bit preparation, LoRA in fp32.
+
 Checkpoints hold only trainables (``adapter_model.safetensors``, ``lora_model.safetensors`` with
 LoRA) plus optimizer/scheduler/RNG/trainer state; the frozen LLM is never written. The final
-output directory loads with ``TopaForCausalLM.from_pretrained``; after LoRA finetuning the LoRA
-weights are merged and the LLM is saved inside it (``base/``).
+output directory loads with ``TopaForCausalLM.from_pretrained``; after LoRA finetuning on a
+full-precision LLM the LoRA weights are merged and the LLM is saved inside it (``base/``); on a
+quantized LLM the LoRA stays unmerged beside the adapter (``trainer.save_final`` says why).
 """
 
 from __future__ import annotations
@@ -103,13 +107,19 @@ def lora_targets(llm, names: str) -> list[str]:
     return targets
 
 
-def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: torch.dtype):
-    """A fresh TOPA model on the frozen LLM, or the one in ``--init_from``; LoRA on top if asked."""
-    from topa_plugin.configuration import TopaConfig
-    from topa_plugin.modeling import TopaForCausalLM
+def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: torch.dtype, device=None):
+    """A fresh TOPA model on the frozen LLM, or the one in ``--init_from``; LoRA on top if asked.
 
+    With ``--bits 8|4`` the LLM loads quantized straight onto ``device`` (bitsandbytes models cannot move).
+    """
+    from topa_plugin.configuration import TopaConfig
+    from topa_plugin.modeling import TopaForCausalLM, load_llm
+
+    quantization = model_args.quantization
+    device = device if quantization.enabled else None
     if model_args.init_from:
-        model = TopaForCausalLM.from_pretrained(model_args.init_from, torch_dtype=dtype)
+        model = TopaForCausalLM.from_pretrained(model_args.init_from, torch_dtype=dtype, quantization=quantization,
+                                                device=device)
         base = Path(model_args.init_from) / model.config.base_model_name_or_path
         if base.exists():  # e.g. a self-contained "base": the new directory must still find it
             model.config.base_model_name_or_path = str(base.resolve())
@@ -118,7 +128,7 @@ def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: 
                              f"the feature folder has {feature_dim}-d")
         model.train()
     else:
-        llm = transformers.AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+        llm = load_llm(model_args.model_name_or_path, dtype, quantization, device)
         config = TopaConfig(text_config=llm.config, base_model_name_or_path=model_args.model_name_or_path,
                             feature_dim=feature_dim, max_feats=model_args.max_feats, adapter_len=model_args.adapter_len,
                             adapter_layer=model_args.adapter_layer, video_bias_init=model_args.video_bias_init)
@@ -130,6 +140,8 @@ def build_model(model_args: ModelArguments, feature_dim: int, processor, dtype: 
         targets = lora_targets(model.llm, model_args.lora_target_modules)
         lora = peft.LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
                                lora_dropout=model_args.lora_dropout, target_modules=targets)
+        if quantization.enabled:  # QLoRA: norms/embeddings to fp32, all frozen; checkpointing stays the Trainer's flag
+            model.llm = peft.prepare_model_for_kbit_training(model.llm, use_gradient_checkpointing=False)
         model.llm = peft.get_peft_model(model.llm, lora)
         for name, param in model.llm.named_parameters():
             if "lora_" in name:
@@ -159,7 +171,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     dataset = build_dataset(data_args, processor, training_args.seed, training_args.output_dir,
                             main_process=training_args.process_index == 0)
     init_deepspeed_comm(training_args)
-    model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args))
+    model = build_model(model_args, dataset.feature_dim, processor, _llm_dtype(training_args), training_args.device)
     logger.info("trainable parameters: %d", sum(p.numel() for p in model.parameters() if p.requires_grad))
     pad_id = processor.tokenizer.pad_token_id
     trainer = topa_trainer_class(training_args.trainer_backend)(

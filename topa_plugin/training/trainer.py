@@ -13,11 +13,10 @@ import torch
 import transformers
 from transformers.trainer import SCHEDULER_NAME
 
+from topa_plugin.quantization import is_quantized
 from topa_plugin.training.collator import BATCH_TASK
 from topa_plugin.training.llava_compat import trainer_base
-from topa_plugin.utils.atomic import atomic_write
-from topa_plugin.utils.constants import LORA_FILE
-from topa_plugin.utils.save_and_load import load_adapter
+from topa_plugin.utils.save_and_load import load_adapter, load_lora, save_lora
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +87,14 @@ class TopaTrainerMixin:
             if self.args.should_save:
                 model.save_pretrained(output_dir)
                 if has_lora(model):
-                    import peft
-                    from safetensors.torch import save_file
-
-                    state = {k: v.detach().cpu().contiguous() for k, v in peft.get_peft_model_state_dict(model.llm).items()}
-                    atomic_write(Path(output_dir) / LORA_FILE, lambda tmp: save_file(state, str(tmp)))
+                    save_lora(model.llm, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        from safetensors.torch import load_file
-
         model = self.accelerator.unwrap_model(model or self.model)
         path = Path(resume_from_checkpoint)
         load_adapter(model.adapter, path)
         if has_lora(model):
-            import peft
-
-            peft.set_peft_model_state_dict(model.llm, load_file(str(path / LORA_FILE)))
+            load_lora(model.llm, path)
         logger.info("Resumed TOPA trainables from %s", path)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
@@ -152,9 +143,15 @@ def topa_trainer_class(backend: str | None = None) -> type:
 
 
 def save_final(trainer, output_dir: str) -> None:
-    """A directory ``TopaForCausalLM.from_pretrained`` loads; with LoRA, merged into a saved LLM."""
+    """A directory ``TopaForCausalLM.from_pretrained`` loads.
+
+    With LoRA on a full-precision base, the LoRA is merged into the LLM, saved under ``base/`` (exact up to
+    the LLM dtype's rounding). On a quantized base (QLoRA) it stays unmerged beside the adapter: merging would
+    mean dequantizing, adding and re-quantizing, whose rounding changes every merged weight by up to a
+    quantization step; ``from_pretrained`` applies the unmerged LoRA on top of the base, quantized or not.
+    """
     model = trainer._topa_model()
-    if has_lora(model):
+    if has_lora(model) and not is_quantized(model.llm):
         model.llm = model.llm.merge_and_unload()
         if trainer.args.should_save:
             model.save_pretrained(output_dir, save_base=True)

@@ -1,8 +1,9 @@
 """The plugin-directory format in one place: the files a TOPA directory holds and the dtype names.
 
 A plugin directory is ``config.json`` + ``adapter_model.safetensors`` (the trainables), optionally
-``memory.safetensors`` (the memory bank), ``topa_processor.json`` + tokenizer files, ``lora_model.safetensors``
-(training checkpoints with LoRA) and ``base/`` (a self-contained frozen LLM).
+``memory.safetensors`` (the memory bank), ``topa_processor.json`` + tokenizer files, ``lora_model.safetensors`` +
+``lora_config.json`` (LoRA kept unmerged: training checkpoints, and final outputs trained on a quantized base)
+and ``base/`` (a self-contained frozen LLM).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ MEMORY_FILE = "memory.safetensors"
 PROVENANCE_SUFFIX = ".provenance.jsonl"
 PROCESSOR_FILE = "topa_processor.json"
 LORA_FILE = "lora_model.safetensors"
+LORA_CONFIG_FILE = "lora_config.json"
 BASE_DIR = "base"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
