@@ -20,14 +20,18 @@ candidate at all, 1 - (1 - s^rows)^bands; ``candidate_probability`` gives it, an
 
 from __future__ import annotations
 
+import json
+import os
 import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from topa_plugin.textvid.records import RecordWriter, iter_valid
 from topa_plugin.textvid.stream import read_span
 from topa_plugin.textvid.words import words
+from topa_plugin.utils.atomic import atomic_write
 
 DEFAULT_THRESHOLD = 0.8
 NUM_PERM = 64
@@ -171,3 +175,37 @@ class NearDuplicates:
         return {"similarity": match.similarity, "ids": [match.cluster_id, match.id],
                 "records": [match.cluster_record, match.record],
                 "captions": [[list(frame.values()) for frame in d["frames"]] for d in (first, second)]}
+
+
+def removed_path(out: str | os.PathLike) -> Path:
+    """Where ``dedup`` lists what it removed: ``clean.jsonl`` -> ``clean.removed.jsonl``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".removed.jsonl")
+
+
+def dedup_file(path: str | os.PathLike, out: str | os.PathLike, threshold: float = DEFAULT_THRESHOLD,
+               skip_invalid: bool = False, skipped: list | None = None) -> NearDuplicates:
+    """Copy ``path`` to ``out`` (``.jsonl`` or ``.json``) keeping the first Tideo of each near-duplicate
+    cluster; the others go to ``removed_path(out)``, one line each with the cluster they duplicate.
+    Both files appear complete or not at all.
+
+    Raises:
+        TextVidError: ``path`` cannot be read, or (without ``skip_invalid``) its first invalid record.
+    """
+    found = NearDuplicates(Path(path), threshold)
+    removed = removed_path(out)
+    tmp = removed.with_name(f"{removed.name}.{os.getpid()}.tmp")
+    try:
+        with RecordWriter(out) as kept, open(tmp, "w", encoding="utf-8") as lines:
+            for item, record in iter_valid(path, skip_invalid, f"dedup {Path(path).name}", skipped):
+                match = found.add(item.index, record.idx, record.frames, item.offset, item.size)
+                if match is None:
+                    kept.write(item.value)
+                else:
+                    lines.write(json.dumps({"idx": match.id, "record": match.record, "cluster": match.cluster_id,
+                                            "cluster_record": match.cluster_record,
+                                            "similarity": round(match.similarity, 6)}, ensure_ascii=False) + "\n")
+        atomic_write(removed, lambda _: None, tmp=tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return found
