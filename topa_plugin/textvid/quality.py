@@ -25,7 +25,7 @@ EXAMPLES = 5
 # Answer letters are called biased when a chi-square test against uniform rejects at this level.
 LETTER_ALPHA = 0.05
 DEGENERATE_KINDS = {
-    "duplicate_options": "two options of a QA say the same words",
+    "duplicate_options": "two options say the same words (up to case and punctuation: exact copies are invalid)",
     "empty_options": "an option has no word (only punctuation or symbols)",
     "option_is_question": "an option repeats the question's words",
 }
