@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from topa_plugin.textvid.diversity import Diversity, DistinctNgrams, question_type
+from topa_plugin.textvid.diversity import DistinctNgrams, Diversity, question_type
 from topa_plugin.textvid.records import TextVidRecord
 
 
 def test_distinct_ngrams_count_within_each_text():
     d = DistinctNgrams()
-    d.add("a b a b".split())
-    d.add("b a".split())
+    d.add(["a", "b", "a", "b"])
+    d.add(["b", "a"])
     r = d.result()
     assert r["distinct_1_counts"] == [2, 6] and r["distinct_2_counts"] == [2, 4]  # bigrams: ab ba ab | ba
     assert r["distinct_1"] == 2 / 6 and r["distinct_2"] == 0.5

@@ -8,13 +8,14 @@ import re
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
-STOP_WORDS = frozenset("""
+_STOP_WORDS_TEXT = """
 a an the and or but nor of to in on at by for with from into onto over under up down out off about as than then
 so if is are was were be been being am do does did doing has have had having it its it's this that these those
 there here which who whom whose what when where why how all any both each few more most other some such no not
 only own same too very can will just should would could may might must shall i me my we our you your he him his
 she her they them their one ones
-""".split())
+"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 
 
 def words(text: str) -> list[str]:
