@@ -101,3 +101,15 @@ def test_dedup_stops_at_an_invalid_record_and_writes_nothing(tmp_path):
     dedup_file(source, tmp_path / "out.jsonl", skip_invalid=True, skipped=skipped)
     assert [r.idx for r in read_textvid(tmp_path / "out.jsonl")] == ["tideo_00000", "tideo_00002"]
     assert skipped and skipped[0].index == 1
+
+
+def test_full_band_hashes_agree_with_the_index_buckets(tmp_path):
+    """The filter that drops coarse-bucket neighbours compares the very bands datasketch indexed."""
+    from topa_plugin.textvid.near_duplicates import BUCKET_MASK
+
+    found = find(planted_file(tmp_path / "data.jsonl"))
+    b = found.bands
+    kept = [p for p in range(len(found.indices)) if p in found.lsh]
+    assert len(kept) == len(found.indices) - len(found.matches)
+    for position in kept:
+        assert list(found.lsh.keys[position]) == [h & BUCKET_MASK for h in found.band_hashes[position * b:(position + 1) * b]]

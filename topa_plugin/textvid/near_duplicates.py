@@ -39,6 +39,7 @@ NUM_PERM = 64
 # exactly, so a false candidate costs one read, a missed one a duplicate left in the data.
 LSH_WEIGHTS = (0.3, 0.7)
 MINHASH_SEED = 1
+BUCKET_MASK = (1 << 16) - 1
 
 
 def check_threshold(threshold: float) -> float:
@@ -74,9 +75,15 @@ def _identity(value: int) -> int:
     return value
 
 
-def _band_key(band: bytes) -> int:
-    """A band's bucket key: a small int instead of the band's bytes (the index's memory), stable across runs."""
+def _band_hash(band: bytes) -> int:
     return zlib.crc32(band)
+
+
+def _bucket(band: bytes) -> int:
+    """The index's bucket key of a band: the low bits of its CRC-32, so Tideos share bucket objects (datasketch's
+    ``hashfunc`` compression; one set per Tideo and band would cost about 300 bytes each). Candidates the coarse
+    buckets add are dropped by comparing the full band hashes (``NearDuplicates.band_hashes``)."""
+    return _band_hash(band) & BUCKET_MASK
 
 
 @dataclass
@@ -104,10 +111,12 @@ class NearDuplicates:
         from datasketch import MinHash, MinHashLSH
 
         check_threshold(self.threshold)
-        self.lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS, hashfunc=_band_key)
+        self.lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS, hashfunc=_bucket)
         self._template = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, hashfunc=_identity)
-        # Every record added, by position: its index in the file and byte span (to read candidates back).
+        # Every record added, by position: its index in the file and byte span (to read candidates back), and
+        # the full hash of each of its bands (``bands`` per record).
         self.indices, self.offsets, self.sizes = array("q"), array("q"), array("q")
+        self.band_hashes = array("I")
 
     @property
     def bands(self) -> int:
@@ -139,12 +148,18 @@ class NearDuplicates:
             column.append(value)
         shingles = caption_shingles(frames)
         minhash = self._minhash(shingles)
+        # The bytes datasketch hands to ``hashfunc`` for each band (big-endian hash values).
+        bands = [_band_hash(minhash.hashvalues[start:end].byteswap().tobytes()) for start, end in self.lsh.hashranges]
+        b = self.bands
         best = None
         for candidate in sorted(self.lsh.query(minhash)):
+            if not any(x == y for x, y in zip(bands, self.band_hashes[candidate * b:(candidate + 1) * b])):
+                continue  # met only in a coarse bucket: no band in common
             d = self._read(candidate)
             similarity = jaccard(shingles, caption_shingles(d["frames"]))
             if similarity >= self.threshold and (best is None or similarity > best.similarity):
                 best = Match(index, idx, self.indices[candidate], str(d["idx"]), similarity, candidate, position)
+        self.band_hashes.extend(bands)
         if best is None:
             self.lsh.insert(position, minhash, check_duplication=False)
             return None
