@@ -50,30 +50,30 @@ def top(scores: Sequence[float]) -> list[int]:
     return [i for i, s in enumerate(scores) if s == best]
 
 
-def longest_option(qa: QA, record: TextVidRecord) -> list[float]:
+def longest_option(qa: QA, captions: set[str]) -> list[int]:
     """Option length in words."""
     return [len(words(option)) for option in qa.options]
 
 
-def question_overlap(qa: QA, record: TextVidRecord) -> list[float]:
+def question_overlap(qa: QA, captions: set[str]) -> list[int]:
     """Content words an option shares with its question."""
     question = content_words(qa.question)
     return [len(content_words(option) & question) for option in qa.options]
 
 
-def caption_overlap(qa: QA, record: TextVidRecord, vocabulary: set[str] | None = None) -> list[float]:
+def caption_overlap(qa: QA, captions: set[str]) -> list[int]:
     """Content words an option shares with the Tideo's frame captions (what the model sees as frames)."""
-    if vocabulary is None:
-        vocabulary = caption_vocabulary(record)
-    return [len(content_words(option) & vocabulary) for option in qa.options]
+    return [len(content_words(option) & captions) for option in qa.options]
 
 
 def caption_vocabulary(record: TextVidRecord) -> set[str]:
+    """The content words of a Tideo's frame captions."""
     return {w for frame in record.frames for caption in frame.values() for w in content_words(caption)}
 
 
-# Each shortcut: the name the report and --json use, and the option score it maximises.
-RULES: dict[str, Callable[..., list[float]]] = {
+# Each shortcut: the name the report and --json use, the option score it maximises (from the QA and the
+# Tideo's caption vocabulary), and what a hit means.
+RULES: dict[str, Callable[[QA, set[str]], list[int]]] = {
     "longest_option": longest_option,
     "question_overlap": question_overlap,
     "caption_overlap": caption_overlap,
@@ -126,12 +126,10 @@ class Shortcuts:
         self.counts = {name: ShortcutCount() for name in RULES}
 
     def add(self, record: TextVidRecord) -> None:
-        vocabulary = caption_vocabulary(record)
+        captions = caption_vocabulary(record)
         for qa in record.qas:
-            answer = qa.answer_index
-            self.counts["longest_option"].add(longest_option(qa, record), answer)
-            self.counts["question_overlap"].add(question_overlap(qa, record), answer)
-            self.counts["caption_overlap"].add(caption_overlap(qa, record, vocabulary), answer)
+            for name, rule in RULES.items():
+                self.counts[name].add(rule(qa, captions), qa.answer_index)
 
     def result(self) -> dict[str, dict]:
         return {name: count.result() for name, count in self.counts.items()}
