@@ -12,6 +12,7 @@ Question types come from the question's opening words (rules below, first match 
 from __future__ import annotations
 
 import re
+from array import array
 from collections import Counter
 
 import numpy as np
@@ -52,7 +53,7 @@ class DistinctNgrams:
     def __init__(self):
         self.totals = [0, 0]
         self.seen = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)]
-        self.pending: list[list[int]] = [[], []]
+        self.pending = [array("q"), array("q")]  # hashes not yet merged, 8 bytes each
 
     def add(self, text_words: list[str]) -> None:
         bigrams = [f"{a} {b}" for a, b in zip(text_words, text_words[1:])]
@@ -63,8 +64,8 @@ class DistinctNgrams:
                 self._merge(n)
 
     def _merge(self, n: int) -> None:
-        self.seen[n] = np.union1d(self.seen[n], np.asarray(self.pending[n], dtype=np.int64))
-        self.pending[n] = []
+        self.seen[n] = np.union1d(self.seen[n], np.frombuffer(self.pending[n], dtype=np.int64))
+        self.pending[n] = array("q")
 
     def result(self) -> dict:
         for n in (0, 1):

@@ -40,6 +40,9 @@ NUM_PERM = 64
 LSH_WEIGHTS = (0.3, 0.7)
 MINHASH_SEED = 1
 BUCKET_MASK = (1 << 16) - 1
+# One int object per bucket: datasketch keeps every Tideo's bucket keys, and a new int per key would add
+# 28 bytes per band and Tideo.
+_BUCKETS = tuple(range(BUCKET_MASK + 1))
 
 
 def check_threshold(threshold: float) -> float:
@@ -83,7 +86,7 @@ def _bucket(band: bytes) -> int:
     """The index's bucket key of a band: the low bits of its CRC-32, so Tideos share bucket objects (datasketch's
     ``hashfunc`` compression; one set per Tideo and band would cost about 300 bytes each). Candidates the coarse
     buckets add are dropped by comparing the full band hashes (``NearDuplicates.band_hashes``)."""
-    return _band_hash(band) & BUCKET_MASK
+    return _BUCKETS[_band_hash(band) & BUCKET_MASK]
 
 
 @dataclass
