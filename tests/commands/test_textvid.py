@@ -217,3 +217,15 @@ def test_generate_report_prints_shortcuts_and_near_duplicates(tmp_path, monkeypa
     assert "longest_option" in result.stdout and "near-duplicates" in result.stdout and page.is_file()
     assert main(["textvid", "generate", "--out", str(out), "--num", "3", "--base-url", server.url,
                  "--report", str(tmp_path / "no" / "r.html")]) == 2
+
+
+def test_a_file_that_does_not_parse_is_one_line_without_the_skip_hint(tmp_path, capsys):
+    path = tmp_path / "broken.json"
+    path.write_text("[" + json.dumps(record("a")) + ",\n{oops", encoding="utf-8")
+    for argv in (["report", str(path)], ["report", str(path), "--skip-invalid"],
+                 ["dedup", str(path), "--out", str(tmp_path / "o.jsonl")]):
+        assert main(["textvid", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"topa textvid {argv[0]}: error: {path}: line 2: invalid JSON") and "\n" not in err
+        assert "--skip-invalid" not in err
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.removed.jsonl").exists()

@@ -109,9 +109,11 @@ def _input_file(action: str, path: str, what: str = "FILE") -> str:
 
 
 def _one_line(err: TextVidError, path: str) -> str:
-    """A file's first problem as one line, with the ways on."""
-    first = str(err.problems[0]) if err.problems else str(err)
-    return f"{first} (--skip-invalid leaves invalid records out; `topa textvid validate {path}` lists every problem)"
+    """A file's first problem as one line; for an invalid record, with the ways on."""
+    if not err.problems or err.problems[0].index is None:  # the file itself: nothing to skip
+        return str(err.problems[0]) if err.problems else str(err)
+    return (f"{err.problems[0]} (--skip-invalid leaves invalid records out; `topa textvid validate {path}` "
+            "lists every problem)")
 
 
 def _report_skipped(skipped: list, path: str) -> None:
