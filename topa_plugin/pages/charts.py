@@ -138,5 +138,5 @@ def rates_against_chance(names: Sequence[str], series: dict[str, Sequence[dict]]
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of QAs whose answer the rule picks")
     ax.set_title(title)
-    figure.legend(fontsize="small", loc="outside lower center", ncols=min(3, 1 + len(series)))
+    figure.legend(fontsize="small", loc="outside lower center", ncols=2 if len(series) == 1 else 1)
     return svg_uri(figure)

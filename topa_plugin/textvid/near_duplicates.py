@@ -11,8 +11,10 @@ so far; the index only proposes candidates, and each candidate is read back from
 and its exact Jaccard similarity decides. A Tideo whose best match reaches the threshold joins that match's
 cluster (the earliest on ties) and stays out of the index; any other Tideo starts its own cluster. So every
 cluster is its first-seen Tideo followed by the later ones that duplicate it, and ``dedup`` keeps exactly the
-first ones. Memory holds the index (a few hundred bytes per kept Tideo) and two integers per Tideo, never
-their text.
+first ones. Memory holds the index and a few integers per Tideo, never their text: the index's buckets are
+the low 16 bits of each band's CRC-32 (datasketch's ``hashfunc`` compression), so at most 65,536 bucket sets
+per band exist whatever the file's size, and the neighbours a coarse bucket adds are dropped by comparing
+the full band hashes before any record is read back.
 
 The LSH's banding (``NearDuplicates.bands``, ``rows``) sets the chance that a pair at similarity s becomes a
 candidate at all, 1 - (1 - s^rows)^bands; ``candidate_probability`` gives it, and the report states it.
