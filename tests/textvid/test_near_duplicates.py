@@ -65,6 +65,11 @@ def test_a_lower_threshold_takes_the_far_pair_too(tmp_path):
     assert ["tideo_00050", "far_copy"] in found.clusters()
 
 
+def test_threshold_one_finds_exact_copies_only(tmp_path):
+    found = find(planted_file(tmp_path / "data.jsonl"), threshold=1.0)
+    assert found.clusters() == [["tideo_00001", "copy_0"]] and (found.bands, found.rows) == (7, 9)
+
+
 def test_threshold_must_lie_in_the_unit_interval():
     for bad in (0, -0.1, 1.01):
         with pytest.raises(ValueError, match="outside"):

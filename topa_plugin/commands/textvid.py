@@ -181,7 +181,7 @@ def run_report(args) -> int:
 def _register_report(sub) -> None:
     p = sub.add_parser("report", help="quality report: answer shortcuts against chance, near-duplicates, diversity",
                        description="Quality report of a TextVid file (or two side by side): answer shortcuts "
-                                   "against chance with 95%% intervals, answer letters, question types, diversity, "
+                                   "against chance with 95% intervals, answer letters, question types, diversity, "
                                    "near-duplicate Tideos (MinHash LSH) and degenerate options. Streams the file.")
     p.add_argument("file", help="release textvid.json (a JSON list) or a .jsonl file")
     p.add_argument("file_b", nargs="?", metavar="FILE_B", help="a second file, shown side by side")

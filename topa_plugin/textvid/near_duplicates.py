@@ -40,6 +40,9 @@ NUM_PERM = 64
 # (false positive, false negative) weights of datasketch's banding optimiser: candidates are checked
 # exactly, so a false candidate costs one read, a missed one a duplicate left in the data.
 LSH_WEIGHTS = (0.3, 0.7)
+# Above this the index keeps the banding it has here (7 bands of 9 rows): higher thresholds only need fewer
+# candidates, and datasketch's optimiser would pick a single band (which it refuses) near 1.
+INDEX_THRESHOLD_CAP = 0.8
 MINHASH_SEED = 1
 BUCKET_MASK = (1 << 16) - 1
 # One int object per bucket: datasketch keeps every Tideo's bucket keys, and a new int per key would add
@@ -116,7 +119,8 @@ class NearDuplicates:
         from datasketch import MinHash, MinHashLSH
 
         check_threshold(self.threshold)
-        self.lsh = MinHashLSH(threshold=self.threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS, hashfunc=_bucket)
+        self.lsh = MinHashLSH(threshold=min(self.threshold, INDEX_THRESHOLD_CAP), num_perm=NUM_PERM,
+                              weights=LSH_WEIGHTS, hashfunc=_bucket)
         self._template = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, hashfunc=_identity)
         # Every record added, by position: its index in the file and byte span (to read candidates back), and
         # the full hash of each of its bands (``bands`` per record).
