@@ -204,6 +204,7 @@ def test_balance_command(tmp_path):
     assert "answer letters A:" in result.stdout
 
 
+@pytest.mark.slow
 def test_generate_report_prints_shortcuts_and_near_duplicates(tmp_path, monkeypatch):
     from tests.helpers.openai_stub_server import StubOpenAIServer
 

@@ -22,6 +22,7 @@ candidate at all, 1 - (1 - s^rows)^bands; ``candidate_probability`` gives it, an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import zlib
@@ -48,6 +49,16 @@ BUCKET_MASK = (1 << 16) - 1
 # One int object per bucket: datasketch keeps every Tideo's bucket keys, and a new int per key would add
 # 28 bytes per band and Tideo.
 _BUCKETS = tuple(range(BUCKET_MASK + 1))
+
+
+@functools.lru_cache(maxsize=8)
+def banding(threshold: float) -> tuple[int, int]:
+    """(bands, rows) datasketch's optimiser picks for ``threshold`` (a second or so of numerical integration:
+    done once per threshold)."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS)
+    return lsh.b, lsh.r
 
 
 def check_threshold(threshold: float) -> float:
@@ -119,8 +130,8 @@ class NearDuplicates:
         from datasketch import MinHash, MinHashLSH
 
         check_threshold(self.threshold)
-        self.lsh = MinHashLSH(threshold=min(self.threshold, INDEX_THRESHOLD_CAP), num_perm=NUM_PERM,
-                              weights=LSH_WEIGHTS, hashfunc=_bucket)
+        self.lsh = MinHashLSH(num_perm=NUM_PERM, params=banding(min(self.threshold, INDEX_THRESHOLD_CAP)),
+                              hashfunc=_bucket)
         self._template = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, hashfunc=_identity)
         # Every record added, by position: its index in the file and byte span (to read candidates back), and
         # the full hash of each of its bands (``bands`` per record).
