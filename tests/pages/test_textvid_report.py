@@ -44,8 +44,9 @@ def test_page_shows_each_file_side_by_side_and_escapes_text(tmp_path):
 
 
 @pytest.mark.slow
-def test_report_of_the_bundled_sample_in_chromium(tmp_path):
-    page = write_report(tmp_path / "report.html", [quality_report(sample_path())])
+def test_report_of_the_bundled_sample_in_chromium(tmp_path, monkeypatch):
+    monkeypatch.chdir(DOCS_IMAGE.parents[2])  # the page names the file as given: relative to the repository
+    page = write_report(tmp_path / "report.html", [quality_report(os.path.relpath(sample_path()))])
     driver = open_browser(width=1280, height=2200)
     try:
         driver.get(file_url(page))
