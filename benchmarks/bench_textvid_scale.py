@@ -6,6 +6,7 @@ in its own process and reports its wall time and peak RSS:
 
     validate   topa textvid validate FILE
     stats      topa textvid stats FILE
+    report     topa textvid report FILE --out report.html (shortcuts, diversity, near-duplicate index, the page)
     features   topa features textvid (a tiny random CLIP, 16-wide text tower: the pass, not CLIP, is measured)
     memory     topa memory build --size 100000
     train      TextVidDataset construction, what `topa train` does before the model loads:
@@ -46,7 +47,7 @@ WORDS = ["person", "hand", "table", "cup", "knife", "bowl", "water", "door", "wi
          "looks", "moves", "slowly", "quickly", "small", "large", "red", "green", "wooden", "metal", "near",
          "behind", "front", "left", "right", "top", "bottom", "inside", "outside"]
 CAPTIONS = 500  # distinct caption texts
-STAGES = ("baseline", "validate", "stats", "features", "memory", "train", "restart")
+STAGES = ("baseline", "validate", "stats", "report", "features", "memory", "train", "restart")
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -99,6 +100,8 @@ def run_stage(stage: str, data: Path, work: Path, assets: dict) -> None:
         status = 0
     elif stage in ("validate", "stats"):
         status = main(["textvid", stage, str(data)])
+    elif stage == "report":
+        status = main(["textvid", "report", str(data), "--out", str(work / f"report-{data.stem}.html")])
     elif stage == "features":
         status = main(["features", "textvid", "--textvid", str(data), "--out", str(store), "--device", "cpu",
                        "--clip-model", assets["clip_config"], "--clip-pretrained", assets["clip_weights"],

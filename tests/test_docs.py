@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 # What a block that is not run here may need; `<!-- needs: real weights, GPU -->` before the block.
 NEEDS = {"real weights", "GPU", "several GPUs", "network", "an API key", "a server", "a clone", "the package registry",
-         "your data"}
+         "your data", "a long run"}
 FENCE = re.compile(r"^```(bash|sh|shell|console)\n(.*?)^```$", re.S | re.M)
 MARKER = re.compile(r"<!-- (needs|exits): ([^>]*) -->\s*$")
 DEMO = "topa-demo"

@@ -36,6 +36,9 @@ _EXPORTS = {
     "convert_official": "topa_plugin.release.convert",
     "TextVidRecord": "topa_plugin.textvid.records",
     "read_textvid": "topa_plugin.textvid.records",
+    "quality_report": "topa_plugin.textvid.quality",
+    "dedup_file": "topa_plugin.textvid.near_duplicates",
+    "balance_file": "topa_plugin.textvid.balance",
     "caption_video": "topa_plugin.captioning",
     "ask": "topa_plugin.ask",
     "Asker": "topa_plugin.ask",
@@ -76,5 +79,8 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.quantization import QuantizationSettings
     from topa_plugin.release.convert import convert_official
     from topa_plugin.textvid import sample_path
+    from topa_plugin.textvid.balance import balance_file
+    from topa_plugin.textvid.near_duplicates import dedup_file
+    from topa_plugin.textvid.quality import quality_report
     from topa_plugin.textvid.records import TextVidRecord, read_textvid
     from topa_plugin.utils.safeload import load_release_pickle

@@ -104,7 +104,7 @@ class Asker:
     def from_pretrained(cls, checkpoint: str | Path, *, clip_model: str = DEFAULT_MODEL,
                         clip_pretrained: str | None = DEFAULT_PRETRAINED, memory: str | Path | None = None,
                         frames: int | None = None, device: str | None = None, dtype: str | None = None,
-                        neighbors: int = DEFAULT_NEIGHBORS) -> Asker:
+                        neighbors: int = DEFAULT_NEIGHBORS, quantization=None) -> Asker:
         """Load as ``lmms-eval --model topa --model_args pretrained=...,clip_model=...,memory=...,max_frames=...``.
 
         Args:
@@ -116,6 +116,8 @@ class Asker:
             device: default cuda when available, else cpu.
             dtype: the LLM's (auto, float32, bfloat16, float16).
             neighbors: memory rows shown per frame.
+            quantization: ``"8bit"``, ``"4bit"``, None or a ``QuantizationSettings``, as
+                ``TopaForCausalLM.from_pretrained`` (the lmms-eval model_arg ``quantization=``).
         """
         import torch
 
@@ -139,7 +141,8 @@ class Asker:
             torch_dtype = resolve_dtype(dtype or "auto", where)
         except ValueError as exc:
             raise AskError(str(exc)) from None
-        model = TopaForCausalLM.from_pretrained(directory, torch_dtype=torch_dtype, device=where, memory=memory)
+        model = TopaForCausalLM.from_pretrained(directory, torch_dtype=torch_dtype, device=where, memory=memory,
+                                                quantization=quantization)
         if model.processor is None:
             raise AskError(f"checkpoint {directory}: no tokenizer files in the plugin directory or its base model")
         config = model.config

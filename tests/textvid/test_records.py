@@ -391,3 +391,20 @@ def test_bundled_sample_text_is_not_repeated_boilerplate():
     assert len(set(summaries)) == len(summaries)
     assert len(set(questions)) == len(questions)
     assert len(set(captions)) >= 0.95 * len(captions)
+
+
+def test_record_writer_writes_lists_and_lines_atomically(tmp_path):
+    from topa_plugin.textvid.records import RecordWriter
+
+    records = [{"idx": str(i), "text": "é"} for i in range(3)]
+    for name in ("out.json", "out.jsonl", "empty.json"):
+        with RecordWriter(tmp_path / name) as writer:
+            for r in records if name != "empty.json" else []:
+                writer.write(r)
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8")) == records
+    assert [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()] == records
+    assert json.loads((tmp_path / "empty.json").read_text()) == []
+    with pytest.raises(RuntimeError), RecordWriter(tmp_path / "broken.jsonl") as writer:
+        writer.write(records[0])
+        raise RuntimeError("stop")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.json", "out.json", "out.jsonl"]

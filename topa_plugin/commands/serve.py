@@ -10,13 +10,11 @@ import socket
 from pathlib import Path
 
 from topa_plugin.commands import fail, positive_int
+from topa_plugin.commands.ask import add_model_flags, load_asker
 
 log = logging.getLogger("topa_plugin.serve")
 
 LOOPBACK = "127.0.0.1"
-
-# Flags passed on to Asker.from_pretrained when given (its defaults apply otherwise, as in `topa ask`).
-LOAD_SETTINGS = ("clip_model", "clip_pretrained", "memory", "frames", "device", "dtype", "neighbors")
 
 
 def register(subparsers) -> None:
@@ -25,14 +23,7 @@ def register(subparsers) -> None:
         description="Load a TOPA checkpoint and CLIP once and serve a Gradio page: upload a video, ask a question "
         "with options one per line (none: free generation), see the answer, the option scores and the sampled "
         "frames with their nearest textual frames. The same function is the API /answer for gradio_client.")
-    parser.add_argument("--checkpoint", required=True, help="TOPA plugin directory")
-    parser.add_argument("--clip-model", help="open_clip model name or model-config JSON (default ViT-L-14)")
-    parser.add_argument("--clip-pretrained", help="open_clip weights tag or local weights file (default openai)")
-    parser.add_argument("--memory", help="memory-bank file (default: the checkpoint's)")
-    parser.add_argument("--frames", type=positive_int, help="frames decoded per video (default: max_feats)")
-    parser.add_argument("--device", help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", help="LLM dtype: auto (default), float32, bfloat16, float16")
-    parser.add_argument("--neighbors", type=positive_int, help="nearest memory rows shown per frame (default 3)")
+    add_model_flags(parser)  # the same as `topa ask`'s
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the server)")
     parser.add_argument("--port", type=positive_int, default=7860, help="port to bind (default %(default)s)")
@@ -96,7 +87,6 @@ def _stop_on_sigterm() -> None:
 
 
 def run(args) -> int:
-    from topa_plugin.ask import Asker
     from topa_plugin.serve.app import build_app
     from topa_plugin.serve.examples import list_examples
     from topa_plugin.serve.uploads import MB, UploadLimits, upload_folder
@@ -113,8 +103,7 @@ def run(args) -> int:
     if args.share:
         log.warning("--share: opening a public gradio.live link; anyone with the link can use the model%s",
                     "" if auth else " (no --auth)")
-    settings = {name: getattr(args, name) for name in LOAD_SETTINGS if getattr(args, name) is not None}
-    asker = Asker.from_pretrained(args.checkpoint, **settings)
+    asker = load_asker(args)
     limits = UploadLimits(max_bytes=args.max_upload_mb * MB, max_duration_s=float(args.max_duration_s))
     _stop_on_sigterm()
     with upload_folder() as uploads:

@@ -1,6 +1,7 @@
-"""`topa textvid validate|stats|generate`: check, describe and generate TextVid files.
+"""`topa textvid validate|stats|report|dedup|balance|generate`: check, describe, clean and generate TextVid files.
 
 validate/stats exit status: 0 valid, 1 the file has problems (all of them are printed), 2 it cannot be read.
+report/dedup/balance stop at the first invalid record (exit 2, naming it) unless --skip-invalid.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from topa_plugin.commands import fail
+from topa_plugin.commands import check_output_file, fail
 from topa_plugin.textvid.backends import BackendError, make_backend
 from topa_plugin.textvid.generate import (
     BUILTIN_SOURCES,
@@ -19,6 +20,7 @@ from topa_plugin.textvid.generate import (
     GenerationError,
     generate,
 )
+from topa_plugin.textvid.near_duplicates import DEFAULT_THRESHOLD, check_threshold
 from topa_plugin.textvid.records import TextVidError, record_of, scan_textvid
 from topa_plugin.textvid.stats import TextVidStats
 
@@ -92,6 +94,173 @@ def _register_stats(sub) -> None:
     p.set_defaults(func=run_stats)
 
 
+def _threshold(text: str) -> float:
+    """argparse type of --threshold: a number in (0, 1]."""
+    try:
+        return check_threshold(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err) if "outside" in str(err) else f"expected a number, got {text!r}") from None
+
+
+def _input_file(action: str, path: str, what: str = "FILE") -> str:
+    if not Path(path).is_file():
+        fail(f"{COMMAND} {action}", f"{what} {path}: " + ("is a folder" if Path(path).is_dir() else "no such file"))
+    return path
+
+
+def _one_line(err: TextVidError, path: str) -> str:
+    """A file's first problem as one line; for an invalid record, with the ways on."""
+    if not err.problems or err.problems[0].index is None:  # the file itself: nothing to skip
+        return str(err.problems[0]) if err.problems else str(err)
+    return (f"{err.problems[0]} (--skip-invalid leaves invalid records out; `topa textvid validate {path}` "
+            "lists every problem)")
+
+
+def _report_skipped(skipped: list, path: str) -> None:
+    records = len({(p.index, p.line) for p in skipped})
+    if records:
+        print(f"--skip-invalid: left out {records} invalid record(s) of {path} "
+              f"(`topa textvid validate {path}` lists why)", file=sys.stderr)
+
+
+def _print_quality(report: dict) -> None:
+    from topa_plugin.pages.textvid_report import findings
+
+    print(f"file: {report['file']}: {report['records']} Tideos, {report['qas']} QAs")
+    for rule, s in report["shortcuts"].items():
+        if s["rate"] is None:
+            continue
+        verdict = {"above": "SHORTCUT", "below": "below chance"}.get(s["flag"], "at chance")
+        print(f"  {rule:<18} rate {s['rate']:.3f} ({s['hits']}/{s['qas']}, 95% Wilson {s['low']:.3f}..{s['high']:.3f})"
+              f"  chance {s['chance']:.3f} [{s['chance_low']:.3f}..{s['chance_high']:.3f}]  {verdict}")
+    near = report["near_duplicates"]
+    print(f"  near-duplicates    {near['duplicates']} Tideos in {len(near['clusters'])} clusters "
+          f"(Jaccard of caption bigrams >= {near['threshold']:g})")
+    letters = " ".join(f"{k}:{v}" for k, v in report["answer_letters"].items())
+    print(f"  answer letters     {letters}  (chi-square p = {report['letter_test']['p_value']:.3g})")
+    for line in findings(report):
+        print(f"  finding: {line}")
+
+
+def quality_reports(action: str, files: list[str], threshold: float, skip_invalid: bool) -> list[dict]:
+    """The report of each file, or one error line naming the first invalid record (exit 2)."""
+    from topa_plugin.textvid.quality import quality_report
+
+    reports = []
+    for path in files:
+        try:
+            reports.append(quality_report(path, threshold, skip_invalid, desc=f"report {Path(path).name}"))
+        except TextVidError as err:
+            fail(f"{COMMAND} {action}", _one_line(err, path))
+        if reports[-1]["skipped_invalid"]:
+            print(f"--skip-invalid: left out {reports[-1]['skipped_invalid']} invalid record(s) of {path}",
+                  file=sys.stderr)
+    return reports
+
+
+def run_report(args) -> int:
+    from topa_plugin.pages.render import check_page_path
+    from topa_plugin.pages.textvid_report import write_report
+
+    files = [_input_file("report", args.file)] + ([_input_file("report", args.file_b, "FILE_B")] if args.file_b else [])
+    if args.out is not None:
+        check_page_path(args.out)
+    reports = quality_reports("report", files, args.threshold, args.skip_invalid)
+    if args.out is not None:
+        write_report(args.out, reports)
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else {"files": reports}, indent=2))
+        return 0
+    for report in reports:
+        _print_quality(report)
+    if args.out is not None:
+        print(f"report: {args.out}")
+    return 0
+
+
+def _register_report(sub) -> None:
+    p = sub.add_parser("report", help="quality report: answer shortcuts against chance, near-duplicates, diversity",
+                       description="Quality report of a TextVid file (or two side by side): answer shortcuts "
+                                   "against chance with 95% intervals, answer letters, question types, diversity, "
+                                   "near-duplicate Tideos (MinHash LSH) and degenerate options. Streams the file.")
+    p.add_argument("file", help="release textvid.json (a JSON list) or a .jsonl file")
+    p.add_argument("file_b", nargs="?", metavar="FILE_B", help="a second file, shown side by side")
+    p.add_argument("--out", type=Path, metavar="REPORT.html", help="write the report as a self-contained HTML page")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, metavar="T",
+                   help=f"near-duplicate Jaccard similarity threshold in (0, 1] (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--skip-invalid", action="store_true", help="leave invalid records out (default: stop at the first)")
+    p.set_defaults(func=run_report)
+
+
+def _check_rewrite(action: str, args) -> None:
+    _input_file(action, args.file)
+    out = check_output_file(f"{COMMAND} {action}", args.out)
+    if out.suffix not in (".json", ".jsonl"):
+        fail(f"{COMMAND} {action}", f"--out {out}: expected a .jsonl or .json file")
+    if out.resolve() == Path(args.file).resolve():
+        fail(f"{COMMAND} {action}", f"--out {out}: is the input file; give a new path")
+    if not out.parent.is_dir():
+        fail(f"{COMMAND} {action}", f"--out {out}: folder {out.parent} does not exist")
+
+
+def run_dedup(args) -> int:
+    from topa_plugin.textvid.near_duplicates import dedup_file, removed_path
+
+    _check_rewrite("dedup", args)
+    skipped: list = []
+    try:
+        found = dedup_file(args.file, args.out, args.threshold, args.skip_invalid, skipped)
+    except TextVidError as err:
+        fail(f"{COMMAND} dedup", _one_line(err, args.file))
+    _report_skipped(skipped, args.file)
+    kept = len(found.indices) - len(found.matches)
+    print(f"kept {kept} of {len(found.indices)} Tideos in {args.out}; removed {len(found.matches)} near-duplicates "
+          f"(Jaccard >= {args.threshold:g}) of {len(found.clusters())} clusters, listed in {removed_path(args.out)}")
+    return 0
+
+
+def _register_dedup(sub) -> None:
+    p = sub.add_parser("dedup", help="keep the first Tideo of each near-duplicate cluster",
+                       description="Copy FILE to --out keeping the first Tideo of each near-duplicate cluster "
+                                   "(MinHash LSH candidates, exact Jaccard of caption bigrams); the removed ones "
+                                   "are listed with their cluster in OUT's stem + .removed.jsonl. Deterministic.")
+    p.add_argument("file", help="release textvid.json (a JSON list) or a .jsonl file")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE2", help="output .jsonl or .json")
+    p.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, metavar="T",
+                   help=f"Jaccard similarity threshold in (0, 1] (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--skip-invalid", action="store_true", help="leave invalid records out (default: stop at the first)")
+    p.set_defaults(func=run_dedup)
+
+
+def run_balance(args) -> int:
+    from topa_plugin.textvid.balance import balance_file
+
+    _check_rewrite("balance", args)
+    skipped: list = []
+    try:
+        balancer = balance_file(args.file, args.out, args.seed, args.skip_invalid, skipped)
+    except TextVidError as err:
+        fail(f"{COMMAND} balance", _one_line(err, args.file))
+    _report_skipped(skipped, args.file)
+    letters = " ".join(f"{k}:{v}" for k, v in sorted(balancer.letters.items()))
+    print(f"wrote {args.out}: answer letters {letters}; {balancer.kept} QAs kept their order "
+          f"(answer says both/all/none/and, as the release's balancing)")
+    return 0
+
+
+def _register_balance(sub) -> None:
+    p = sub.add_parser("balance", help="reorder options so the answer letters are uniform",
+                       description="Reorder each QA's options so the answer letters come out uniform (seeded, "
+                                   "deterministic); the answer field follows its option. QAs whose answer says "
+                                   "both/all/none/and keep their order, as in the release's answer balancing.")
+    p.add_argument("file", help="release textvid.json (a JSON list) or a .jsonl file")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE2", help="output .jsonl or .json")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the letter draws and shuffles (default 0)")
+    p.add_argument("--skip-invalid", action="store_true", help="leave invalid records out (default: stop at the first)")
+    p.set_defaults(func=run_balance)
+
+
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 
 
@@ -130,6 +299,9 @@ def _register_generate(sub) -> None:
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="per-request HTTP timeout")
     p.add_argument("--device", help="hf backend: torch device (default cuda when available, else cpu)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    p.add_argument("--report", type=Path, metavar="FILE.html",
+                   help="when done, write the quality report of --out here and print its shortcut and "
+                        "near-duplicate figures")
     p.set_defaults(func=run_generate)
 
 
@@ -148,6 +320,10 @@ def run_generate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, concurrency=args.concurrency, max_attempts=args.max_attempts,
         max_requests=args.max_requests, prompt_template=args.prompt_template, backoff=args.backoff,
     )
+    if args.report is not None:
+        from topa_plugin.pages.render import check_page_path
+
+        check_page_path(args.report)  # before any request
     try:
         options.check()
         backend = make_backend(args.backend, model, base_url=args.base_url, api_key_env=args.api_key_env,
@@ -156,6 +332,9 @@ def run_generate(args: argparse.Namespace) -> int:
     except (BackendError, GenerationError, TextVidError) as e:
         fail(f"{COMMAND} generate", str(e))
     print(report.summary())
+    if args.report is not None:
+        run_report(argparse.Namespace(file=str(args.out), file_b=None, out=args.report, json=False,
+                                      threshold=DEFAULT_THRESHOLD, skip_invalid=False))
     if not report.complete:
         print(f"stopped after {report.requests} requests (--max-requests); "
               f"rerun the same command to continue", file=sys.stderr)
@@ -164,11 +343,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 # Each entry adds one action to `topa textvid`.
-ACTIONS = (_register_validate, _register_stats, _register_generate)
+ACTIONS = (_register_validate, _register_stats, _register_report, _register_dedup, _register_balance, _register_generate)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("textvid", help="validate, describe and generate TextVid (textual video) files")
+    parser = subparsers.add_parser("textvid", help="validate, describe, clean and generate TextVid (textual video) files")
     sub = parser.add_subparsers(dest="textvid_command", metavar="ACTION", required=True)
     for add_action in ACTIONS:
         add_action(sub)

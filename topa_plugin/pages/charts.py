@@ -94,3 +94,49 @@ def histogram(samples: dict[str, Sequence[float]], title: str = "", xlabel: str 
     if len(samples) > 1:
         ax.legend()
     return svg_uri(figure)
+
+
+def distribution(counts: dict[str, dict[int, int]], title: str = "", xlabel: str = "") -> str:
+    """Shares of integer values (value -> count), one outline per series: files of any size side by side,
+    drawn from counts (a histogram of 180M caption lengths never becomes a list)."""
+    figure = _figure(WIDTH_IN, 3.0)
+    ax = figure.subplots()
+    values = [int(v) for series in counts.values() for v in series] or [0]
+    edges = np.arange(min(values), max(values) + 2) - 0.5
+    for i, (name, series) in enumerate(counts.items()):
+        total = sum(series.values()) or 1
+        shares = np.zeros(len(edges) - 1)
+        for value, count in series.items():
+            shares[int(value) - min(values)] = count / total
+        ax.stairs(shares, edges, linewidth=1.6, label=name, color=COLORS[i % len(COLORS)])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share")
+    if len(counts) > 1:
+        ax.legend()
+    return svg_uri(figure)
+
+
+def rates_against_chance(names: Sequence[str], series: dict[str, Sequence[dict]], title: str = "") -> str:
+    """One row per rule: each series' rate with its interval (dot and whiskers) over the band chance spans
+    (shaded), so a rate outside its band stands out. Each dict holds rate, low, high, chance_low, chance_high."""
+    figure = _figure(WIDTH_IN, 1.4 + 0.55 * len(names) * max(1, len(series)))
+    ax = figure.subplots()
+    step = 0.8 / max(1, len(series))
+    for i, (label, rows) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        for j, row in enumerate(rows):
+            if row["rate"] is None:
+                continue
+            y = j + (i - (len(series) - 1) / 2) * step
+            ax.fill_betweenx([y - step / 2.2, y + step / 2.2], row["chance_low"], row["chance_high"], color="#d0d7de",
+                             label="chance (95% band)" if i == 0 and j == 0 else None)
+            ax.errorbar(row["rate"], y, xerr=[[row["rate"] - row["low"]], [row["high"] - row["rate"]]], fmt="o",
+                        color=color, capsize=3, label=f"{label}: rate (95% Wilson)" if j == 0 else None)
+    ax.set_yticks(np.arange(len(names)), [_shorten(n, 24) for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of QAs whose answer the rule picks")
+    ax.set_title(title)
+    figure.legend(fontsize="small", loc="outside lower center", ncols=2 if len(series) == 1 else 1)
+    return svg_uri(figure)

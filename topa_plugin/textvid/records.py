@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from topa_plugin.textvid.stream import RawRecord, iter_json_list, iter_jsonl
-from topa_plugin.utils.atomic import atomic_write_bytes
+from topa_plugin.utils.atomic import atomic_write, atomic_write_bytes
 from topa_plugin.utils.errors import TopaInputError
 from topa_plugin.utils.ids import id_problem
 
@@ -436,3 +436,59 @@ def append_jsonl(path: str | os.PathLike, record: TextVidRecord) -> None:
         f.write(_json_line(record).encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- passes that rewrite or describe a file
+
+def iter_valid(path: str | os.PathLike, skip_invalid: bool = False, desc: str | None = None,
+               skipped: list[Problem] | None = None) -> Iterator[tuple[RawRecord, TextVidRecord]]:
+    """The valid records of a file, streamed with their places in it.
+
+    The first invalid record raises ``TextVidError`` naming it, unless ``skip_invalid``: then each invalid
+    record's problems are appended to ``skipped`` and the record is left out. A file that stops parsing
+    part-way is an error either way (what follows the break is unknown)."""
+    for item, found in scan_textvid(path, desc=desc):
+        if item is None:
+            raise TextVidError(found)
+        if found:
+            if not skip_invalid:
+                raise TextVidError(found[:1])
+            if skipped is not None:
+                skipped.extend(found)
+            continue
+        yield item, _build(item.value)
+
+
+class RecordWriter:
+    """Writes release-schema dicts one at a time to ``.jsonl`` (one per line) or ``.json`` (one list), into a
+    temporary sibling renamed over ``path`` on success: a reader never sees half a file, and the same
+    records give the same bytes."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.suffix not in (".json", ".jsonl"):
+            raise TextVidError([Problem(str(self.path), None, None, None,
+                                        "unsupported file type: expected .json (release list) or .jsonl (JSON Lines)")])
+        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        self.count = 0
+
+    def __enter__(self) -> RecordWriter:
+        self.file = open(self.tmp, "w", encoding="utf-8")
+        return self
+
+    def write(self, d: dict[str, Any]) -> None:
+        text = json.dumps(d, ensure_ascii=False)
+        if self.path.suffix == ".jsonl":
+            self.file.write(text + "\n")
+        else:
+            self.file.write(("[\n" if self.count == 0 else ",\n") + text)
+        self.count += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self.path.suffix == ".json":
+            self.file.write("\n]\n" if self.count else "[]\n")
+        self.file.close()
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        atomic_write(self.path, lambda tmp: None, tmp=self.tmp)

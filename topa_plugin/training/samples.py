@@ -14,14 +14,12 @@ from tqdm.auto import tqdm
 
 from topa_plugin.features.transforms import l2_normalize, noise_injection, sample_frames
 from topa_plugin.processing import IGNORE_INDEX, PromptTemplate, TopaPrompt
+from topa_plugin.textvid.balance import keeps_order
 from topa_plugin.utils.errors import TopaInputError
 
 logger = logging.getLogger(__name__)
 
 MULTIPLE_CHOICE, SUMMARY, OPEN_ENDED = "multiple_choice", "summary", "open_ended"
-
-KEEP_ORDER_WORDS = ("both", "all", "none", "and")
-
 
 NO_OPEN_ENDED_WORDS = ("both", "all")
 
@@ -40,7 +38,7 @@ def balance_options(options: Sequence[str], answer: int, rng: random.Random) -> 
     """Shuffle the options (returns new list and answer index) unless the answer text refers to others."""
     options = list(options)
     text = options[answer]
-    if any(word in text.lower() for word in KEEP_ORDER_WORDS):
+    if keeps_order(text):
         return options, answer
     rng.shuffle(options)
     return options, options.index(text)
