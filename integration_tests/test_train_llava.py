@@ -19,6 +19,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from tests.helpers.interrupt import InterruptAt, Interrupted
 from topa_plugin.cli import main as topa_main
 from topa_plugin.demo import toy
 from topa_plugin.features.store import FeatureStore
@@ -141,19 +142,6 @@ def test_same_run_without_llava_uses_the_plain_trainer(tmp_path, monkeypatch, ca
     assert not any("LLaVA" in cls.__name__ for cls in type(trainer).__mro__)
     assert "plain transformers.Trainer" in caplog.text
     check_run(trainer, tmp_path, responsive_llm, textvid_features)
-
-
-class Interrupted(Exception):
-    """Stands in for a killed job."""
-
-
-class InterruptAt(transformers.TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Interrupted(f"killed at step {self.step}")
 
 
 def test_interrupted_run_resumes_to_the_same_steps_schedule_and_samples(tmp_path, responsive_llm, textvid_features):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 
+from tests.helpers.interrupt import InterruptAt, Interrupted
 from topa_plugin.cli import main as topa_main
 from topa_plugin.demo import toy
 from topa_plugin.features.store import FeatureStore
@@ -88,19 +88,6 @@ def test_adapter_from_a_4bit_base_loads_into_full_precision_and_back(pretrained_
     full.save_pretrained(tmp_path / "again")  # saved from a full-precision model, loaded quantized: the reverse way
     again = TopaForCausalLM.from_pretrained(tmp_path / "again", quantization="8bit")
     torch.testing.assert_close(again.adapter.state_dict()["gate1"], full.adapter.state_dict()["gate1"], rtol=0, atol=0)
-
-
-class Interrupted(Exception):
-    """Stands in for a killed job."""
-
-
-class InterruptAt(transformers.TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Interrupted(f"killed at step {self.step}")
 
 
 @pytest.mark.parametrize("bits", ["8", "4"])

@@ -30,15 +30,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes that must be at least 1 (0 or negative would fail deep inside)."""
+def _whole_number(text: str, minimum: int, rule: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{rule}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes that must be at least 1 (0 or negative would fail deep inside)."""
+    return _whole_number(text, 1, "must be at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means none (``--thumbnails 0``)."""
+    return _whole_number(text, 0, "must be 0 or more")
 
 
 def check_output_dir(command: str, out: str | Path, own: tuple[str, ...] = ()) -> Path:

@@ -5,20 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from topa_plugin.commands import fail
+from topa_plugin.commands import fail, non_negative_int
 from topa_plugin.lmms.run_report import THUMBNAILS
 
 COMMAND = "report"
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def register(subparsers) -> None:

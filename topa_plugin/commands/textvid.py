@@ -204,16 +204,29 @@ def _check_rewrite(action: str, args) -> None:
         fail(f"{COMMAND} {action}", f"--out {out}: folder {out.parent} does not exist")
 
 
+def _rewrite(action: str, args, job):
+    """Check FILE and --out, run ``job(skipped)`` (a pass that writes FILE2), report skipped records; its result."""
+    _check_rewrite(action, args)
+    skipped: list = []
+    try:
+        result = job(skipped)
+    except TextVidError as err:
+        fail(f"{COMMAND} {action}", _one_line(err, args.file))
+    _report_skipped(skipped, args.file)
+    return result
+
+
+def _add_rewrite_args(p) -> None:
+    """FILE, --out FILE2 and --skip-invalid: the arguments of every pass that rewrites a TextVid file."""
+    p.add_argument("file", help="release textvid.json (a JSON list) or a .jsonl file")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE2", help="output .jsonl or .json")
+    p.add_argument("--skip-invalid", action="store_true", help="leave invalid records out (default: stop at the first)")
+
+
 def run_dedup(args) -> int:
     from topa_plugin.textvid.near_duplicates import dedup_file, removed_path
 
-    _check_rewrite("dedup", args)
-    skipped: list = []
-    try:
-        found = dedup_file(args.file, args.out, args.threshold, args.skip_invalid, skipped)
-    except TextVidError as err:
-        fail(f"{COMMAND} dedup", _one_line(err, args.file))
-    _report_skipped(skipped, args.file)
+    found = _rewrite("dedup", args, lambda skipped: dedup_file(args.file, args.out, args.threshold, args.skip_invalid, skipped))
     kept = len(found.indices) - len(found.matches)
     print(f"kept {kept} of {len(found.indices)} Tideos in {args.out}; removed {len(found.matches)} near-duplicates "
           f"(Jaccard >= {args.threshold:g}) of {len(found.clusters())} clusters, listed in {removed_path(args.out)}")
@@ -225,24 +238,16 @@ def _register_dedup(sub) -> None:
                        description="Copy FILE to --out keeping the first Tideo of each near-duplicate cluster "
                                    "(MinHash LSH candidates, exact Jaccard of caption bigrams); the removed ones "
                                    "are listed with their cluster in OUT's stem + .removed.jsonl. Deterministic.")
-    p.add_argument("file", help="release textvid.json (a JSON list) or a .jsonl file")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE2", help="output .jsonl or .json")
+    _add_rewrite_args(p)
     p.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, metavar="T",
                    help=f"Jaccard similarity threshold in (0, 1] (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--skip-invalid", action="store_true", help="leave invalid records out (default: stop at the first)")
     p.set_defaults(func=run_dedup)
 
 
 def run_balance(args) -> int:
     from topa_plugin.textvid.balance import balance_file
 
-    _check_rewrite("balance", args)
-    skipped: list = []
-    try:
-        balancer = balance_file(args.file, args.out, args.seed, args.skip_invalid, skipped)
-    except TextVidError as err:
-        fail(f"{COMMAND} balance", _one_line(err, args.file))
-    _report_skipped(skipped, args.file)
+    balancer = _rewrite("balance", args, lambda skipped: balance_file(args.file, args.out, args.seed, args.skip_invalid, skipped))
     letters = " ".join(f"{k}:{v}" for k, v in sorted(balancer.letters.items()))
     print(f"wrote {args.out}: answer letters {letters}; {balancer.kept} QAs kept their order "
           f"(answer says both/all/none/and, as the release's balancing)")
@@ -254,10 +259,8 @@ def _register_balance(sub) -> None:
                        description="Reorder each QA's options so the answer letters come out uniform (seeded, "
                                    "deterministic); the answer field follows its option. QAs whose answer says "
                                    "both/all/none/and keep their order, as in the release's answer balancing.")
-    p.add_argument("file", help="release textvid.json (a JSON list) or a .jsonl file")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE2", help="output .jsonl or .json")
+    _add_rewrite_args(p)
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the letter draws and shuffles (default 0)")
-    p.add_argument("--skip-invalid", action="store_true", help="leave invalid records out (default: stop at the first)")
     p.set_defaults(func=run_balance)
 
 
