@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,18 +175,31 @@ def _packet_list(av, container, path: str) -> list[_Packet]:
     return packets
 
 
+_LEVEL_LOCK = threading.Lock()
+
+
+def _forward_ffmpeg_errors(av) -> None:
+    """Once per process, let FFmpeg's error-level lines reach Python, where ``_ffmpeg_errors`` captures
+    them per thread; the level is never lowered again. Setting PyAV's process-wide level back while another
+    thread decodes breaks PyAV's log callback in that thread (a TypeError printed from inside FFmpeg), as
+    two requests of ``topa serve`` decoding at once showed. Lines nobody captures go to the ``libav``
+    logger, which prints nothing unless the application configures logging."""
+    with _LEVEL_LOCK:
+        level = av.logging.get_level()
+        if level is None or level < av.logging.ERROR:
+            logging.getLogger("libav").addHandler(logging.NullHandler())
+            av.logging.set_level(av.logging.ERROR)
+
+
 @contextmanager
 def _ffmpeg_errors(av):
-    """FFmpeg's error-level log lines while the block runs (how a demuxer reports a file that ends early)."""
-    level = av.logging.get_level()
-    av.logging.set_level(max(level or 0, av.logging.ERROR))
+    """FFmpeg's error-level log lines of this thread while the block runs (how a demuxer reports a file
+    that ends early)."""
+    _forward_ffmpeg_errors(av)
     errors: list[str] = []
-    try:
-        with av.logging.Capture() as logs:
-            yield errors
-        errors.extend(f"{name}: {message.strip()}" for lvl, name, message in logs if lvl <= av.logging.ERROR)
-    finally:
-        av.logging.set_level(level)
+    with av.logging.Capture() as logs:  # this thread's lines only
+        yield errors
+    errors.extend(f"{name}: {message.strip()}" for lvl, name, message in logs if lvl <= av.logging.ERROR)
 
 
 def _seek_and_decode(container, packets: list[_Packet], shown: list[tuple[int, int]],
