@@ -88,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from topa_plugin.features.extract import textvid_features  # noqa: F401  (import cost outside the timing)
-    from topa_plugin.textvid.records import read_textvid
+    from topa_plugin.textvid.reader import read_textvid
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

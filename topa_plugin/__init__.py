@@ -35,7 +35,7 @@ _EXPORTS = {
     "load_release_pickle": "topa_plugin.utils.safeload",
     "convert_official": "topa_plugin.release.convert",
     "TextVidRecord": "topa_plugin.textvid.records",
-    "read_textvid": "topa_plugin.textvid.records",
+    "read_textvid": "topa_plugin.textvid.reader",
     "quality_report": "topa_plugin.textvid.quality",
     "dedup_file": "topa_plugin.textvid.near_duplicates",
     "balance_file": "topa_plugin.textvid.balance",
@@ -82,5 +82,6 @@ if TYPE_CHECKING:  # pragma: no cover - static names for IDEs and type checkers
     from topa_plugin.textvid.balance import balance_file
     from topa_plugin.textvid.near_duplicates import dedup_file
     from topa_plugin.textvid.quality import quality_report
-    from topa_plugin.textvid.records import TextVidRecord, read_textvid
+    from topa_plugin.textvid.reader import read_textvid
+    from topa_plugin.textvid.records import TextVidRecord
     from topa_plugin.utils.safeload import load_release_pickle

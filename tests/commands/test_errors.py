@@ -26,7 +26,7 @@ import torch
 from tests.helpers.lmms_fixtures import build_topa_checkpoint
 from topa_plugin.cli import main
 from topa_plugin.textvid import read_textvid, sample_path
-from topa_plugin.textvid.records import write_jsonl
+from topa_plugin.textvid.writer import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout under test, for the subprocesses' PYTHONPATH
 TRAIN_MODULE = "topa_plugin.training.train"

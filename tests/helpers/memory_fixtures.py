@@ -12,7 +12,7 @@ def build_textvid_memory(root: str | Path, toy_clip, records: int = 12) -> tuple
     from topa_plugin.features.clip import load_clip
     from topa_plugin.features.extract import extract_textvid
     from topa_plugin.textvid import read_textvid, sample_path
-    from topa_plugin.textvid.records import write_jsonl
+    from topa_plugin.textvid.writer import write_jsonl
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

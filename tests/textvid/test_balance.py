@@ -8,7 +8,7 @@ from collections import Counter
 
 from tests.helpers.textvid_synth import clean_record, write_json_list, write_jsonl
 from topa_plugin.textvid.balance import balance_file, keeps_order
-from topa_plugin.textvid.records import read_textvid
+from topa_plugin.textvid.reader import read_textvid
 from topa_plugin.training.samples import balance_options
 
 

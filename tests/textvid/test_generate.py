@@ -30,7 +30,7 @@ from topa_plugin.textvid.generate import (
     load_prompt,
     rejections_path,
 )
-from topa_plugin.textvid.records import read_textvid
+from topa_plugin.textvid.reader import read_textvid
 
 REPO = Path(__file__).resolve().parents[2]
 

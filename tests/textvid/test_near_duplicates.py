@@ -16,7 +16,8 @@ from topa_plugin.textvid.near_duplicates import (
     jaccard,
     removed_path,
 )
-from topa_plugin.textvid.records import TextVidError, iter_valid, read_textvid
+from topa_plugin.textvid.reader import iter_valid, read_textvid
+from topa_plugin.textvid.records import TextVidError
 
 CHANGED = (0, 1, 2, 3)  # planted pairs: Jaccard 1, 0.978, 0.957, 0.935
 BELOW = 2  # captions rewritten: a pair at 72/108 = 0.667, under the 0.8 threshold

@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from topa_plugin.textvid import stream
-from topa_plugin.textvid.records import read_record, scan_textvid
+from topa_plugin.textvid.reader import read_record, scan_textvid
 
 from .test_records import good_record
 

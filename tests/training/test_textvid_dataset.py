@@ -66,7 +66,7 @@ def _no_scan(*args, **kwargs):
 
 
 def test_the_start_up_scan_is_cached_by_content(processor, records, tmp_path, monkeypatch):
-    from topa_plugin.textvid import records as records_module
+    from topa_plugin.textvid import reader as reader_module
 
     store = write_store(tmp_path / "store", {r.idx: random_frames(len(r.frames), i) for i, r in enumerate(records)})
     data = tmp_path / "data.jsonl"
@@ -75,7 +75,7 @@ def test_the_start_up_scan_is_cached_by_content(processor, records, tmp_path, mo
     first = TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
     assert cache.is_file() and first.usable_qas  # some QAs are cut off at 155
 
-    monkeypatch.setattr(records_module, "scan_textvid", _no_scan)
+    monkeypatch.setattr(reader_module, "scan_textvid", _no_scan)
     again = TextVidDataset(data, store, processor, max_seq_len=155, overlong="skip", scan_cache=cache)
     assert (again.positions, again.usable_qas, again.kept.ids) == (first.positions, first.usable_qas, first.kept.ids)
     assert (list(again.kept.offsets), list(again.kept.sizes)) == (list(first.kept.offsets), list(first.kept.sizes))
@@ -99,7 +99,7 @@ def test_the_start_up_scan_is_cached_by_content(processor, records, tmp_path, mo
 
 
 def test_a_cached_scan_still_writes_rejects_and_a_failing_scan_is_not_cached(processor, records, tmp_path, monkeypatch):
-    from topa_plugin.textvid import records as records_module
+    from topa_plugin.textvid import reader as reader_module
 
     store = write_store(tmp_path / "store", {r.idx: random_frames(len(r.frames), i)
                                              for i, r in enumerate(records) if i != 3})
@@ -111,7 +111,7 @@ def test_a_cached_scan_still_writes_rejects_and_a_failing_scan_is_not_cached(pro
                    scan_cache=cache)
     listed = rejects.read_text()
     rejects.unlink()
-    monkeypatch.setattr(records_module, "scan_textvid", _no_scan)
+    monkeypatch.setattr(reader_module, "scan_textvid", _no_scan)
     again = TextVidDataset(sample_path(), store, processor, max_seq_len=512, skip_invalid=True, rejects=rejects,
                            scan_cache=cache)
     assert rejects.read_text() == listed and records[3].idx not in again.kept.ids

@@ -21,7 +21,8 @@ from topa_plugin.textvid.generate import (
     generate,
 )
 from topa_plugin.textvid.near_duplicates import DEFAULT_THRESHOLD, check_threshold
-from topa_plugin.textvid.records import TextVidError, record_of, scan_textvid
+from topa_plugin.textvid.reader import record_of, scan_textvid
+from topa_plugin.textvid.records import TextVidError
 from topa_plugin.textvid.stats import TextVidStats
 
 COMMAND = "textvid"

@@ -208,7 +208,7 @@ def run_demo(out_dir: str | Path = "topa-demo", steps: int = 100) -> DemoResult:
     from topa_plugin.features.store import FeatureStore
     from topa_plugin.lmms.taskdata import write_task_folder
     from topa_plugin.textvid import sample_path
-    from topa_plugin.textvid.records import read_textvid
+    from topa_plugin.textvid.reader import read_textvid
     from topa_plugin.textvid.stats import compute_stats
 
     out_dir = Path(out_dir).resolve()

@@ -88,7 +88,7 @@ class TextVidSource:
         return len(self.keys)
 
     def __getitem__(self, i: int):
-        from topa_plugin.textvid.records import read_record
+        from topa_plugin.textvid.reader import read_record
 
         position, offset, size = (column[i] for column in self.spans)
         record = read_record(self.path, offset, size)
@@ -103,12 +103,8 @@ def check_textvid(textvid: str | Path, skip_invalid: bool = False, digest: Calla
     """Read a TextVid file once, before any model loads: every problem is raised together,
     or with ``skip_invalid`` the invalid records are set aside (a file that stops parsing
     part-way is an error either way: the records after the break are unknown)."""
-    from topa_plugin.textvid.records import (
-        Problem,
-        TextVidError,
-        record_of,
-        scan_textvid,
-    )
+    from topa_plugin.textvid.reader import record_of, scan_textvid
+    from topa_plugin.textvid.records import Problem, TextVidError
 
     path = Path(textvid)
     source = TextVidSource(path, (array("q"), array("q"), array("q")), [], [], [], digest)

@@ -3,17 +3,10 @@
 from importlib import resources
 from pathlib import Path
 
-from topa_plugin.textvid.records import (
-    QA,
-    Problem,
-    TextVidError,
-    TextVidRecord,
-    append_jsonl,
-    read_textvid,
-    validate_records,
-    write_jsonl,
-)
+from topa_plugin.textvid.reader import read_textvid
+from topa_plugin.textvid.records import QA, Problem, TextVidError, TextVidRecord, validate_records
 from topa_plugin.textvid.stats import compute_stats
+from topa_plugin.textvid.writer import append_jsonl, write_jsonl
 
 __all__ = [
     "QA",

@@ -19,7 +19,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from topa_plugin.textvid.records import LETTERS, Problem, RecordWriter, iter_valid
+from topa_plugin.textvid.reader import iter_valid
+from topa_plugin.textvid.records import LETTERS, Problem
+from topa_plugin.textvid.writer import RecordWriter
 
 KEEP_ORDER_WORDS = ("both", "all", "none", "and")
 DEFAULT_SEED = 0

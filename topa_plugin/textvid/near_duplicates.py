@@ -31,9 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from topa_plugin.textvid.records import RecordWriter, iter_valid
+from topa_plugin.textvid.reader import iter_valid
 from topa_plugin.textvid.stream import read_span
 from topa_plugin.textvid.words import words
+from topa_plugin.textvid.writer import RecordWriter
 from topa_plugin.utils.atomic import atomic_write
 
 DEFAULT_THRESHOLD = 0.8

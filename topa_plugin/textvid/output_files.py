@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from topa_plugin.textvid.errors import GenerationError
-from topa_plugin.textvid.records import TextVidRecord, append_jsonl, read_textvid
+from topa_plugin.textvid.reader import read_textvid
+from topa_plugin.textvid.records import TextVidRecord
 from topa_plugin.textvid.responses import content_key
+from topa_plugin.textvid.writer import append_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from topa_plugin.textvid.diversity import Diversity
 from topa_plugin.textvid.near_duplicates import DEFAULT_THRESHOLD, NearDuplicates
-from topa_plugin.textvid.records import LETTERS, NUM_OPTIONS, Problem, TextVidError, TextVidRecord, iter_valid
+from topa_plugin.textvid.reader import iter_valid
+from topa_plugin.textvid.records import LETTERS, NUM_OPTIONS, Problem, TextVidError, TextVidRecord
 from topa_plugin.textvid.shortcuts import Shortcuts, wilson_interval
 from topa_plugin.textvid.stats import TextVidStats
 from topa_plugin.textvid.words import words

@@ -19,15 +19,10 @@ Keys outside the schema are kept in ``extra`` so a round trip loses nothing.
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from topa_plugin.textvid.stream import RawRecord, iter_json_list, iter_jsonl
-from topa_plugin.utils.atomic import atomic_write, atomic_write_bytes
 from topa_plugin.utils.errors import TopaInputError
 from topa_plugin.utils.ids import id_problem
 
@@ -38,8 +33,6 @@ QA_KEYS = ("question", "options", "answer")
 OPEN_ANSWER_KEY = "answer_open_ended"
 # Problems shown in an exception message; the CLI's validate prints all of them.
 _MAX_PROBLEMS_IN_MESSAGE = 50
-# Passes over a file show a progress bar once they have run this long.
-PROGRESS_DELAY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -123,10 +116,10 @@ class TextVidRecord:
     @classmethod
     def from_dict(cls, d: Any, *, source: str = "<dict>", index: int | None = None) -> TextVidRecord:
         """Build from a release-schema dict; raises TextVidError naming every problem."""
-        problems = _record_problems(d, source, index, None)
+        problems = record_problems(d, source, index, None)
         if problems:
             raise TextVidError(problems)
-        return _build(d)
+        return build_record(d)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -139,7 +132,7 @@ class TextVidRecord:
         return d
 
 
-def _build(d: dict[str, Any]) -> TextVidRecord:
+def build_record(d: dict[str, Any]) -> TextVidRecord:
     """Construct from an already validated dict."""
     qas = [
         QA(
@@ -264,7 +257,7 @@ def _check_qa(qa: Any, path: str, bad) -> None:
         _check_text(qa[OPEN_ANSWER_KEY], f"{path}.{OPEN_ANSWER_KEY}", bad)
 
 
-def _record_problems(d: Any, source: str, index: int | None, line: int | None) -> list[Problem]:
+def record_problems(d: Any, source: str, index: int | None, line: int | None) -> list[Problem]:
     rid = _record_id(d)
     problems: list[Problem] = []
 
@@ -297,7 +290,7 @@ def _record_problems(d: Any, source: str, index: int | None, line: int | None) -
     return problems
 
 
-def _repeated_id(first_use: dict[str, int], d: Any, source: str, index: int, line: int | None) -> list[Problem]:
+def repeated_id_problems(first_use: dict[str, int], d: Any, source: str, index: int, line: int | None) -> list[Problem]:
     """The problem of a record reusing an earlier record's id; notes the first use of each id."""
     rid = _record_id(d)
     if rid is None:
@@ -313,182 +306,10 @@ def _validate(items: Iterable[tuple[int, int | None, Any]], source: str) -> list
     problems: list[Problem] = []
     first_use: dict[str, int] = {}
     for index, line, d in items:
-        problems += _record_problems(d, source, index, line) + _repeated_id(first_use, d, source, index, line)
+        problems += record_problems(d, source, index, line) + repeated_id_problems(first_use, d, source, index, line)
     return problems
 
 
 def validate_records(dicts: Iterable[Any], source: str) -> list[Problem]:
     """Every problem in a sequence of release-schema dicts (record index = position)."""
     return _validate(((i, None, d) for i, d in enumerate(dicts)), source)
-
-
-# ---------------------------------------------------------------- reading
-
-def _stream(path: Path, progress) -> Iterator[RawRecord | tuple[int | None, str]]:
-    """The file's records in order, parsed one at a time (memory does not grow with the file)."""
-    source = str(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder, not a TextVid .json/.jsonl file")
-    if path.suffix not in (".json", ".jsonl"):
-        raise TextVidError([Problem(source, None, None, None,
-                                    "unsupported file type: expected .json (release list) or .jsonl (JSON Lines)")])
-    with open(path, "rb") as f:
-        yield from (iter_jsonl if path.suffix == ".jsonl" else iter_json_list)(f, progress)
-
-
-def scan_textvid(path: str | os.PathLike, desc: str | None = None
-                 ) -> Iterator[tuple[RawRecord | None, list[Problem]]]:
-    """Every record of a release ``.json`` list or ``.jsonl`` file, in order, with its problems
-    (parse, schema, repeated id); ``(None, [problem])`` for a problem outside any record.
-
-    Records are parsed one at a time, so memory holds only the ids seen so far. ``desc`` shows
-    a progress bar over the file's bytes when the pass takes more than a few seconds."""
-    from tqdm.auto import tqdm
-
-    path = Path(path)
-    source = str(path)
-    first_use: dict[str, int] = {}
-    progress = tqdm(total=path.stat().st_size if path.is_file() else 0, unit="B", unit_scale=True,
-                    desc=desc, delay=PROGRESS_DELAY_S, dynamic_ncols=True, disable=desc is None)
-    seen = False
-    with progress:
-        for item in _stream(path, progress):
-            seen = True
-            if not isinstance(item, RawRecord):
-                yield None, [Problem(source, None, None, None, item[1], item[0])]
-                continue
-            if item.error is not None:
-                yield item, [Problem(source, item.index, None, None, item.error, item.line)]
-                continue
-            yield item, (_record_problems(item.value, source, item.index, item.line)
-                         + _repeated_id(first_use, item.value, source, item.index, item.line))
-    if not seen:
-        yield None, [Problem(source, None, None, None, "no records (an empty file or list)")]
-
-
-def record_of(item: RawRecord) -> TextVidRecord:
-    """The record of an item ``scan_textvid`` reported without problems (not checked again)."""
-    return _build(item.value)
-
-
-def read_textvid(path: str | os.PathLike) -> list[TextVidRecord]:
-    """Read a whole TextVid file, holding every record in memory (for large files: ``scan_textvid``).
-
-    Args:
-        path: the release's ``textvid.json`` (one JSON list) or a ``.jsonl`` file.
-
-    Raises:
-        TextVidError: listing every problem, each naming the file, line, record, id and field.
-    """
-    records, problems = [], []
-    for item, found in scan_textvid(path):
-        problems += found
-        if item is not None and not found:
-            records.append(_build(item.value))
-    if problems:
-        raise TextVidError(problems)
-    return records
-
-
-def read_record(path: str | os.PathLike, offset: int, size: int) -> TextVidRecord:
-    """One record of a file already checked by ``scan_textvid``, from its byte span."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        raw = f.read(size)
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TextVidError([Problem(str(path), None, None, None,
-                                    f"bytes {offset}..{offset + size} no longer hold a record ({e}); "
-                                    "the file changed after it was checked")]) from None
-    return TextVidRecord.from_dict(d, source=str(path))
-
-
-# ---------------------------------------------------------------- writing
-
-def _json_line(record: TextVidRecord) -> str:
-    return json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
-
-
-def write_jsonl(path: str | os.PathLike, records: Sequence[TextVidRecord]) -> Path:
-    """Validate, then write JSON Lines atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    problems = validate_records((r.to_dict() for r in records), str(path))
-    if problems:
-        raise TextVidError(problems)
-    return atomic_write_bytes(path, "".join(_json_line(r) for r in records).encode("utf-8"))
-
-
-def append_jsonl(path: str | os.PathLike, record: TextVidRecord) -> None:
-    """Append one validated record as one line and fsync it, so a crash loses at most
-    the line being written. Refuses to append after a partial (crash-truncated) line."""
-    path = Path(path)
-    problems = _record_problems(record.to_dict(), str(path), None, None)
-    if problems:
-        raise TextVidError(problems)
-    with open(path, "ab") as f:
-        if f.tell() > 0:
-            with open(path, "rb") as check:
-                check.seek(-1, os.SEEK_END)
-                if check.read(1) != b"\n":
-                    raise TextVidError([Problem(str(path), None, None, None,
-                                                "file ends with a partial line; remove it before appending")])
-        f.write(_json_line(record).encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ---------------------------------------------------------------- passes that rewrite or describe a file
-
-def iter_valid(path: str | os.PathLike, skip_invalid: bool = False, desc: str | None = None,
-               skipped: list[Problem] | None = None) -> Iterator[tuple[RawRecord, TextVidRecord]]:
-    """The valid records of a file, streamed with their places in it.
-
-    The first invalid record raises ``TextVidError`` naming it, unless ``skip_invalid``: then each invalid
-    record's problems are appended to ``skipped`` and the record is left out. A file that stops parsing
-    part-way is an error either way (what follows the break is unknown)."""
-    for item, found in scan_textvid(path, desc=desc):
-        if item is None:
-            raise TextVidError(found)
-        if found:
-            if not skip_invalid:
-                raise TextVidError(found[:1])
-            if skipped is not None:
-                skipped.extend(found)
-            continue
-        yield item, _build(item.value)
-
-
-class RecordWriter:
-    """Writes release-schema dicts one at a time to ``.jsonl`` (one per line) or ``.json`` (one list), into a
-    temporary sibling renamed over ``path`` on success: a reader never sees half a file, and the same
-    records give the same bytes."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if self.path.suffix not in (".json", ".jsonl"):
-            raise TextVidError([Problem(str(self.path), None, None, None,
-                                        "unsupported file type: expected .json (release list) or .jsonl (JSON Lines)")])
-        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        self.count = 0
-
-    def __enter__(self) -> RecordWriter:
-        self.file = open(self.tmp, "w", encoding="utf-8")
-        return self
-
-    def write(self, d: dict[str, Any]) -> None:
-        text = json.dumps(d, ensure_ascii=False)
-        if self.path.suffix == ".jsonl":
-            self.file.write(text + "\n")
-        else:
-            self.file.write(("[\n" if self.count == 0 else ",\n") + text)
-        self.count += 1
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self.path.suffix == ".json":
-            self.file.write("\n]\n" if self.count else "[]\n")
-        self.file.close()
-        if exc_type is not None:
-            self.tmp.unlink(missing_ok=True)
-            return
-        atomic_write(self.path, lambda tmp: None, tmp=self.tmp)

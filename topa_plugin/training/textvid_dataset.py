@@ -154,7 +154,8 @@ class TextVidDataset(_VisitRandomness, Dataset):
     def _scan(self, skip_invalid: bool) -> tuple[list[dict], dict]:
         """One streamed pass: schema, features and (batched) prompt lengths of every record; fills
         ``kept`` and returns (records left out, the length check's findings)."""
-        from topa_plugin.textvid.records import TextVidError, record_of, scan_textvid
+        from topa_plugin.textvid.reader import record_of, scan_textvid
+        from topa_plugin.textvid.records import TextVidError
 
         schema, unusable, rejected, pending = [], [], [], []
         length = {"problems": [], "qas": 0, "records": 0}
@@ -262,7 +263,7 @@ class TextVidDataset(_VisitRandomness, Dataset):
 
     def record(self, index: int):
         """The record behind dataset item ``index``, read again from its place in the file."""
-        from topa_plugin.textvid.records import read_record
+        from topa_plugin.textvid.reader import read_record
 
         record = read_record(self.data_path, self.kept.offsets[index], self.kept.sizes[index])
         if record.idx != self.kept.ids[index]:
