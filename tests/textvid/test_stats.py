@@ -7,10 +7,9 @@ import statistics
 
 import pytest
 
+from tests.helpers.textvid_records import good_record
 from topa_plugin.textvid import TextVidRecord
 from topa_plugin.textvid.stats import compute_stats
-
-from .test_records import good_record
 
 
 def random_record(i: int, rng: random.Random) -> TextVidRecord:

@@ -8,10 +8,9 @@ import tracemalloc
 
 import pytest
 
+from tests.helpers.textvid_records import good_record
 from topa_plugin.textvid import stream
 from topa_plugin.textvid.reader import read_record, scan_textvid
-
-from .test_records import good_record
 
 
 def records_of(data: bytes) -> list:
