@@ -16,12 +16,11 @@ import pytest
 
 pytest.importorskip("gradio_client")
 
-from tests.helpers.browser import console_errors, open_browser, screenshot_is_blank  # noqa: E402
+from tests.helpers.browser import console_errors, open_browser, save_screenshot, screenshot_is_blank  # noqa: E402
 from tests.helpers.lmms_fixtures import MAX_FEATS, build_topa_checkpoint, write_garbage_video  # noqa: E402
 from tests.helpers.memory_fixtures import build_textvid_memory  # noqa: E402
 from tests.helpers.serve_process import start_serve, write_truncated_video  # noqa: E402
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "serve.png"
 # (video seed, question, options text): multiple choice with 3 and 5 options, and free generation.
 CASES = [
     (100, "What is the main activity c performs throughout the video?", "c cooks a meal\nc cleans the kitchen\nc repairs a bicycle"),
@@ -186,7 +185,7 @@ def test_default_bind_is_loopback_only(server):
     assert "reachable from other machines" not in server.log_text()
 
 
-def test_page_in_browser(fx, server, expected):
+def test_page_in_browser(fx, server, expected, tmp_path):
     """Upload an mp4, type a question and options, submit: the answer, the frames with their nearest
     textual frames and the chart appear; a bad upload shows a message and the next request still works."""
     from selenium.webdriver.common.by import By
@@ -219,9 +218,7 @@ def test_page_in_browser(fx, server, expected):
         time.sleep(0.5)
         driver.switch_to.default_content()
         assert console_errors(driver) == []
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
-        assert not screenshot_is_blank(SCREENSHOT)
+        assert not screenshot_is_blank(save_screenshot(driver, "serve.png", tmp_path))
         # An example fills in its video, question and options; answering it gives Asker.ask's answer.
         example_seed, example_question, _ = CASES[0]
         driver.find_element(By.CSS_SELECTOR, "table[role=grid] tbody tr").click()

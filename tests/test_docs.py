@@ -109,7 +109,7 @@ def test_the_docs_run_commands_and_mark_the_rest():
 
 
 def test_the_marker_finder_sees_markers_and_their_absence(tmp_path):
-    page = tmp_path / "p.md"
+    page = (tmp_path / "page").with_suffix(".md")
     page.write_text("<!-- needs: GPU -->\n```bash\nnvidia-smi\n```\n\ntext\n\n```bash\ntopa --help\n```\n"
                     "<!-- exits: 2 -->\n```sh\ntopa nope\n```\n")
     found = [(b.kind, b.value, b.text) for b in shell_blocks([page])]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = ("chromium", "chromium-browser")
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 DRIVER = "chromedriver"
 
 
@@ -64,3 +65,11 @@ def screenshot_is_blank(png: str | Path, min_colors: int = 16) -> bool:
     with Image.open(png) as image:
         colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
     return colors is not None and len(colors) < min_colors
+
+
+def save_screenshot(driver, name: str, tmp_path: Path) -> Path:
+    """A screenshot of what the page shows now, as ``tmp_path/name``; with ``TOPA_SAVE_SCREENSHOTS=1`` as
+    ``docs/images/name`` instead (the docs' picture), so an ordinary test run never rewrites tracked files."""
+    path = DOCS_IMAGES / name if os.environ.get("TOPA_SAVE_SCREENSHOTS") == "1" else Path(tmp_path) / name
+    driver.save_screenshot(str(path))
+    return path

@@ -5,19 +5,16 @@ self-contained; in headless Chromium it shows them with no console errors and ru
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.helpers.browser import console_errors, file_url, open_browser, screenshot_is_blank
+from tests.helpers.browser import console_errors, file_url, open_browser, save_screenshot, screenshot_is_blank
 from tests.helpers.lmms_fixtures import build_topa_checkpoint
 from tests.helpers.memory_fixtures import build_textvid_memory
 from topa_plugin.ask import Asker
 from topa_plugin.demo.toy import write_toy_video
 from topa_plugin.pages.explanation import explanation_html, write_explanation
 
-DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 EVIL = 'What is c doing? <script>window.pwned = 1</script> & "quotes"'
 OPTIONS = ["c cooks a meal", "c cleans <b>the</b> kitchen", "c repairs a bicycle", "c paints a wall", "c plays"]
 
@@ -98,10 +95,7 @@ def test_in_chromium_frames_captions_and_chart_show_and_the_question_runs_nothin
         loaded = "return [...document.images].every(img => img.complete && img.naturalWidth > 0)"
         assert driver.execute_script(loaded)
         assert driver.execute_script("return document.getElementById('scores-chart').naturalWidth") > 0
-        shot = ws["root"] / "explanation.png"
-        driver.save_screenshot(str(shot))
+        shot = save_screenshot(driver, "explanation.png", ws["root"])
     finally:
         driver.quit()
     assert not screenshot_is_blank(shot)
-    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, DOCS_IMAGES / "explanation.png")

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.helpers.browser import console_errors, file_url, open_browser, screenshot_is_blank
+from tests.helpers.browser import console_errors, file_url, open_browser, save_screenshot, screenshot_is_blank
 from tests.helpers.lmms_runs import GENERATE, LETTERS, MCPPL, egoschema_docs, write_lmms_run
 from topa_plugin.lmms.run_report import read_lmms_run
 from topa_plugin.pages.run_report import attach_thumbnails, write_run_report
 
 pytest.importorskip("lmms_eval")
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "report.png"
 HOSTILE = "<script>window.pwned = 1</script> what does c <b>do</b>?"
 
 
@@ -60,7 +58,7 @@ def test_page_holds_accuracy_charts_cards_and_changes(runs):
 
 
 @pytest.mark.slow
-def test_report_in_chromium_filters_sorts_and_escapes(runs):
+def test_report_in_chromium_filters_sorts_and_escapes(runs, tmp_path):
     page = write_run_report(runs / "report.html", runs / "a", runs / "b", thumbnails=2).path
     driver = open_browser(width=1280, height=1500)
     try:
@@ -95,11 +93,10 @@ def test_report_in_chromium_filters_sorts_and_escapes(runs):
         assert driver.find_element("id", "count").text == "18" and console_errors(driver) == []
         driver.set_window_size(1280, 2600)
         driver.execute_script("window.scrollTo(0, 0)")
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
+        shot = save_screenshot(driver, "report.png", tmp_path)
     finally:
         driver.quit()
-    assert not screenshot_is_blank(SCREENSHOT)
+    assert not screenshot_is_blank(shot)
 
 
 @pytest.mark.slow

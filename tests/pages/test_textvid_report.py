@@ -1,24 +1,18 @@
 """The TextVid quality page: every figure shown, two files side by side, text escaped, and a real browser
-renders it without errors.
-
-``TOPA_SAVE_SCREENSHOTS=1`` makes the browser test save its screenshot of the bundled sample's report as
-``docs/images/textvid-report.png`` (the docs' picture)."""
+renders it without errors (``TOPA_SAVE_SCREENSHOTS=1``: its screenshot becomes the docs' picture)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.browser import console_errors, file_url, open_browser, screenshot_is_blank
+from tests.helpers.browser import DOCS_IMAGES, console_errors, file_url, open_browser, save_screenshot, screenshot_is_blank
 from tests.helpers.textvid_synth import near_copy, unique_record, write_jsonl
 from topa_plugin.pages.textvid_report import file_labels, findings, render_report, write_report
 from topa_plugin.textvid import sample_path
 from topa_plugin.textvid.quality import quality_report
-
-DOCS_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "images" / "textvid-report.png"
 
 
 def hostile_file(path: Path) -> Path:
@@ -45,7 +39,7 @@ def test_page_shows_each_file_side_by_side_and_escapes_text(tmp_path):
 
 @pytest.mark.slow
 def test_report_of_the_bundled_sample_in_chromium(tmp_path, monkeypatch):
-    monkeypatch.chdir(DOCS_IMAGE.parents[2])  # the page names the file as given: relative to the repository
+    monkeypatch.chdir(DOCS_IMAGES.parents[1])  # the page names the file as given: relative to the repository
     page = write_report(tmp_path / "report.html", [quality_report(os.path.relpath(sample_path()))])
     driver = open_browser(width=1280, height=2200)
     try:
@@ -56,14 +50,10 @@ def test_report_of_the_bundled_sample_in_chromium(tmp_path, monkeypatch):
         assert len(rows) == 4
         charts = driver.find_elements("css selector", "img.chart")
         assert len(charts) == 8 and all(driver.execute_script("return arguments[0].naturalWidth", c) > 0 for c in charts)
-        shot = tmp_path / "report.png"
-        driver.save_screenshot(str(shot))
+        shot = save_screenshot(driver, "textvid-report.png", tmp_path)
     finally:
         driver.quit()
     assert not screenshot_is_blank(shot)
-    if os.environ.get("TOPA_SAVE_SCREENSHOTS") == "1":
-        DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, DOCS_IMAGE)
 
 
 @pytest.mark.slow
