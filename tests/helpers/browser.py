@@ -68,8 +68,8 @@ def screenshot_is_blank(png: str | Path, min_colors: int = 16) -> bool:
 
 
 def save_screenshot(driver, name: str, tmp_path: Path) -> Path:
-    """A screenshot of what the page shows now, as ``tmp_path/name``; with ``TOPA_SAVE_SCREENSHOTS=1`` as
-    ``docs/images/name`` instead (the docs' picture), so an ordinary test run never rewrites tracked files."""
+    """A screenshot of what the page shows now, as ``tmp_path/name``; with ``TOPA_SAVE_SCREENSHOTS=1``, under
+    ``DOCS_IMAGES`` instead (the docs' picture), so an ordinary test run never rewrites tracked files."""
     path = DOCS_IMAGES / name if os.environ.get("TOPA_SAVE_SCREENSHOTS") == "1" else Path(tmp_path) / name
     driver.save_screenshot(str(path))
     return path
