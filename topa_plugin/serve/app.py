@@ -7,8 +7,8 @@ chart, each sampled frame with its nearest textual frames, the prompt. The API i
 
 Bad input becomes a ``gr.Error`` with the project's one-line message; any other failure is logged with its
 traceback and the browser gets one line saying the log has it. Requests queue; ``CONCURRENCY`` of them are taken
-at once, so one request's upload check and explanation overlap another's answer; ``Asker.ask`` (thread-safe)
-lets one request at a time read its video and run the model."""
+at once, so one request's upload check, video decoding and explanation overlap another's answer; ``Asker.ask``
+(thread-safe) decodes outside its lock and runs CLIP and the LLM for one request at a time."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from topa_plugin.utils.errors import INPUT_ERRORS, first_line
 log = logging.getLogger(__name__)
 
 API_NAME = "answer"
-CONCURRENCY = 2  # more would only wait on Asker.ask's lock
+CONCURRENCY = 2  # one request in the model, one decoding or drawing beside it; more would wait on Asker.ask's lock
 MAX_QUEUED = 64  # requests waiting beyond this get Gradio's "queue is full" instead of an ever longer wait
 EXPLANATION_HEIGHT_PX = 1200
 INTERNAL_ERROR = "the server could not answer this request (an internal error; the server's log has the details)"
