@@ -8,7 +8,6 @@ copy with v_proj/o_proj/lm_head scaled up, which makes the frozen LLM responsive
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import transformers
 from safetensors.torch import load_file
 
 from tests.helpers.interrupt import InterruptAt, Interrupted
+from tests.helpers.videoqa_rows import write_videoqa_csv
 from topa_plugin.cli import main as topa_main
 from topa_plugin.demo import toy
 from topa_plugin.features.store import FeatureStore
@@ -213,12 +213,7 @@ def test_finetune_with_lora_on_video_features(tmp_path, llava_run, clip_flags):
     assert topa_main(["features", "videos", "--videos", str(tmp_path / "videos"), "--out", str(features),
                       "--frames", "6", "--workers", "1", *clip_flags]) == 0
     options = ["it moves left", "it moves right", "it stays still", "it turns red", "it disappears"]
-    with open(tmp_path / "train.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["video", "qid", "type", "question", "answer", *[f"a{i}" for i in range(5)]])
-        writer.writeheader()
-        for i in range(8):
-            writer.writerow({"video": f"clip{i % 2}", "qid": i, "type": "TN", "question": "where does the square go",
-                             "answer": 1, **{f"a{j}": o for j, o in enumerate(options)}})
+    write_videoqa_csv(tmp_path / "train.csv", options)
     out = tmp_path / "finetuned"
     argv = ["--init_from", str(pretrained), "--task", "finetune", "--data_path", str(tmp_path / "train.csv"),
             "--feature_folder", str(features), "--output_dir", str(out), "--lora_r", "4", "--max_steps", "4",

@@ -3,7 +3,6 @@ move between a quantized and a full-precision base (tiny random Llama and CLIP, 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers.interrupt import InterruptAt, Interrupted
+from tests.helpers.videoqa_rows import write_videoqa_csv
 from topa_plugin.cli import main as topa_main
 from topa_plugin.demo import toy
 from topa_plugin.features.store import FeatureStore
@@ -113,12 +113,7 @@ def qlora(tmp_path_factory, pretrained_4bit, toy_clip):
     clip = ["--clip-model", str(toy_clip[0]), "--clip-pretrained", str(toy_clip[1]), "--device", "cpu"]
     assert topa_main(["features", "videos", "--videos", str(root / "videos"), "--out", str(root / "features"),
                       "--frames", "6", "--workers", "1", *clip]) == 0
-    with open(root / "train.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["video", "qid", "type", "question", "answer", *[f"a{i}" for i in range(5)]])
-        writer.writeheader()
-        for i in range(8):
-            writer.writerow({"video": f"clip{i % 2}", "qid": i, "type": "TN", "question": "where does the square go",
-                             "answer": 1, **{f"a{j}": o for j, o in enumerate(OPTIONS)}})
+    write_videoqa_csv(root / "train.csv", OPTIONS)
     out = root / "finetuned"
     argv = ["--init_from", str(pretrained_4bit[1]), "--task", "finetune", "--data_path", str(root / "train.csv"),
             "--feature_folder", str(root / "features"), "--output_dir", str(out), "--lora_r", "4", "--bits", "4",

@@ -25,6 +25,7 @@ from typing import Any
 
 from topa_plugin.lmms.choices import AmbiguousOptionsError, doc_options, parse_options
 from topa_plugin.utils.errors import TopaInputError
+from topa_plugin.utils.rowfiles import read_jsonl
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 THUMBNAILS = 4        # frames per question in a report card's strip (``topa report --thumbnails``)
@@ -130,21 +131,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RunReportError(f"{path}: line {line_no}: invalid JSON: {e.msg}") from e
-        if not isinstance(record, dict):
-            raise RunReportError(f"{path}: line {line_no}: expected a JSON object")
-        records.append(record)
-    return records
-
-
 def samples_file(results_file: Path, task: str) -> Path:
     return results_file.with_name(results_file.name.removesuffix(RESULTS_SUFFIX) + f"_samples_{task}.jsonl")
 
@@ -157,7 +143,7 @@ def read_request_log(path: str | Path) -> tuple[dict[tuple[str, int], dict], lis
     files = [path, *sorted(path.parent.glob(path.name + ".rank*"))]
     records = {}
     for file in files:
-        for n, record in enumerate(_read_jsonl(file), start=1):
+        for n, record in enumerate(read_jsonl(file, RunReportError, skip_blank=True), start=1):
             if "task" not in record or "doc_id" not in record:
                 raise RunReportError(f"{file}: record {n}: no 'task'/'doc_id'; not a topa request log")
             if record.get("options"):  # a rerun appends to the same log: the last record of a doc wins
@@ -317,7 +303,7 @@ def _leaf_task(task: str, data: dict, results_file: Path, logged: dict) -> tuple
                              "run lmms-eval with --log_samples")
     rows, source = _dataset_rows(config)
     questions = []
-    for n, sample in enumerate(_read_jsonl(path), start=1):
+    for n, sample in enumerate(read_jsonl(path, RunReportError, skip_blank=True), start=1):
         if "doc_id" not in sample:
             raise RunReportError(f"{path}: record {n}: no 'doc_id'; not an lmms-eval samples file")
         doc_id = int(sample["doc_id"])

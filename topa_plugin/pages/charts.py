@@ -44,6 +44,15 @@ def _shorten(label: str, width: int = 48) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
+def _label(ax, title: str, xlabel: str, ylabel: str, series: int) -> None:
+    """Title and axis labels; a legend once there are several series to tell apart."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if series > 1:
+        ax.legend()
+
+
 def option_scores(labels: Sequence[str], scores: Sequence[float], chosen: int | None,
                   correct: int | None = None, xlabel: str = "mean NLL (lower is better)") -> str:
     """Horizontal bars of each option's score; the chosen option and the correct one are coloured and named."""
@@ -73,10 +82,7 @@ def bars(categories: Sequence[str], series: dict[str, Sequence[float]], title: s
     for i, (name, values) in enumerate(series.items()):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=COLORS[i % len(COLORS)])
     ax.set_xticks(x, [_shorten(str(c), 16) for c in categories], rotation=30 if len(categories) > 8 else 0)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    if len(series) > 1:
-        ax.legend()
+    _label(ax, title, "", ylabel, len(series))
     return svg_uri(figure)
 
 
@@ -88,11 +94,7 @@ def histogram(samples: dict[str, Sequence[float]], title: str = "", xlabel: str 
     edges = np.histogram_bin_edges(np.concatenate(values) if values else np.zeros(1), bins=bins)
     for i, (name, sample) in enumerate(zip(samples, values)):
         ax.hist(sample, bins=edges, histtype="step", linewidth=1.6, label=name, color=COLORS[i % len(COLORS)])
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
-    if len(samples) > 1:
-        ax.legend()
+    _label(ax, title, xlabel, "count", len(samples))
     return svg_uri(figure)
 
 
@@ -109,11 +111,7 @@ def distribution(counts: dict[str, dict[int, int]], title: str = "", xlabel: str
         for value, count in series.items():
             shares[int(value) - min(values)] = count / total
         ax.stairs(shares, edges, linewidth=1.6, label=name, color=COLORS[i % len(COLORS)])
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("share")
-    if len(counts) > 1:
-        ax.legend()
+    _label(ax, title, xlabel, "share", len(counts))
     return svg_uri(figure)
 
 

@@ -20,15 +20,7 @@ def read_rows(path: str | Path, error: type[Exception], suffixes: tuple[str, ...
     if not path.is_file():
         raise error(f"{path}: file not found")
     if path.suffix == ".jsonl":
-        rows = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                raise error(f"{path}: line {line_no}: blank line in JSON Lines")
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise error(f"{path}: line {line_no}: invalid JSON: {e.msg}") from e
-        return rows
+        return read_jsonl(path, error)
     if path.suffix == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
@@ -43,3 +35,25 @@ def read_rows(path: str | Path, error: type[Exception], suffixes: tuple[str, ...
     import pyarrow.parquet as pq  # comes with lmms-eval's `datasets`; only parquet input needs it
 
     return pq.read_table(path).to_pylist()
+
+
+def read_jsonl(path: str | Path, error: type[Exception], *, skip_blank: bool = False) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file, one a line; a line that is not one names the file and line.
+
+    ``skip_blank``: blank lines are skipped instead of refused (files that other tools write, such as
+    lmms-eval's samples)."""
+    path = Path(path)
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            if skip_blank:
+                continue
+            raise error(f"{path}: line {line_no}: blank line in JSON Lines")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}: line {line_no}: invalid JSON: {e.msg}") from e
+        if not isinstance(row, dict):
+            raise error(f"{path}: line {line_no}: expected a JSON object")
+        rows.append(row)
+    return rows
